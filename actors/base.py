@@ -1,0 +1,78 @@
+"""What every rank of every role does the same way: pick its device, seed, join a process group.
+
+Actor classes here are plain Python classes; `actors.group` turns them into Ray actors. Model
+math lives in `instructray.algorithms` and `instructray.training`, never here.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import torch
+
+from instructray.training.engine import EngineSpec, build_engine, full_state_dict, init_distributed
+from instructray.training.forward import Batch, to_device
+
+
+class RankActor:
+    def __init__(self, rank: int, world_size: int, seed: int, torch_threads: int | None = None):
+        self.rank = rank
+        self.world_size = world_size
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        torch.manual_seed(seed + rank)
+        self.engine: Any = None
+        self.spec: EngineSpec | None = None
+        self.model: torch.nn.Module | None = None
+        self.tokenizer: Any = None
+
+    def free_address(self) -> tuple[str, int]:
+        """An address and free port on this node for rank 0 of the role's process group."""
+        host = socket.gethostbyname(socket.gethostname())
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            return host, sock.getsockname()[1]
+
+    def init_process_group(self, master_addr: str, master_port: int) -> None:
+        init_distributed(self.rank, self.world_size, master_addr, master_port)
+
+    def _attach(self, model: torch.nn.Module, spec: EngineSpec | None) -> None:
+        """Trainable roles get a DeepSpeed engine; frozen ones a plain eval-mode module."""
+        if spec is None:
+            self.model = model.to(self.device).eval().requires_grad_(False)
+            return
+        model.config.use_cache = False
+        self.spec = spec
+        self.engine = build_engine(model, spec)
+        self.model = self.engine.module
+        self.model.train()
+
+    def _batch(self, batch: Batch) -> Batch:
+        return to_device(batch, self.device)
+
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full weights on rank 0 (None elsewhere); all ranks must call it under ZeRO-3."""
+        if self.engine is not None:
+            return full_state_dict(self.engine)
+        assert self.model is not None
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def save_checkpoint(self, out_dir: str) -> str | None:
+        """Write an HF folder that loads in plain transformers; every rank must call it."""
+        from instructray.models import save_hf_checkpoint
+
+        state = self.state_dict()
+        if self.rank != 0:
+            return None
+        assert self.model is not None
+        model = self.model
+        model.config.use_cache = True
+        save_hf_checkpoint(model, self.tokenizer, out_dir, state_dict=state)
+        return out_dir
+
+    def load_tokenizer(self, path: str) -> None:
+        from instructray.models import load_tokenizer
+
+        self.tokenizer = load_tokenizer(path)

@@ -1,0 +1,79 @@
+"""Ray plumbing: start the ranks of one role as Ray actors with explicit resources, wire their
+process group, and fan calls out to them. Nothing here knows about models or losses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import ray
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RolePlacement:
+    """Where one role's ranks run: count and Ray resources per rank."""
+
+    name: str
+    actors: int
+    num_cpus: float
+    num_gpus: float = 0.0
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+
+class ActorGroup:
+    """N ranks of one actor class; rank i gets ``(rank=i, world_size=N, **init_kwargs)``."""
+
+    def __init__(
+        self,
+        actor_cls: type,
+        placement: RolePlacement,
+        distributed: bool,
+        **init_kwargs: Any,
+    ):
+        self.placement = placement
+        remote_cls = ray.remote(actor_cls).options(
+            num_cpus=placement.num_cpus,
+            num_gpus=placement.num_gpus,
+            runtime_env={"env_vars": placement.env_vars} if placement.env_vars else None,
+        )
+        self.actors = [
+            remote_cls.remote(rank=rank, world_size=placement.actors, **init_kwargs)
+            for rank in range(placement.actors)
+        ]
+        if distributed:
+            addr, port = ray.get(self.actors[0].free_address.remote())
+            ray.get([a.init_process_group.remote(addr, port) for a in self.actors])
+
+    @property
+    def world_size(self) -> int:
+        return len(self.actors)
+
+    def call(self, fn: Callable[[Any, int], ray.ObjectRef]) -> list[Any]:
+        """``fn(actor, rank)`` on every rank at once; waits and returns the results by rank."""
+        return ray.get([fn(actor, rank) for rank, actor in enumerate(self.actors)])
+
+    def submit(self, fn: Callable[[Any, int], ray.ObjectRef]) -> list[ray.ObjectRef]:
+        """Like `call` without waiting, so several roles can work at the same time."""
+        return [fn(actor, rank) for rank, actor in enumerate(self.actors)]
+
+    def call_rank0(self, fn: Callable[[Any], ray.ObjectRef]) -> Any:
+        return ray.get(fn(self.actors[0]))
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+
+def wait(refs: Sequence[ray.ObjectRef]) -> list[Any]:
+    return ray.get(list(refs))
+
+
+def first(results: Sequence[T | None]) -> T:
+    """The rank-0 result of a collective call (the others return None)."""
+    value = results[0]
+    assert value is not None
+    return value

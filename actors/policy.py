@@ -1,0 +1,146 @@
+"""The causal-LM role: the policy being trained (pre-training, SFT, DPO, PPO) and, loaded without
+an optimizer, the frozen SFT reference whose log-probs anchor the KL penalty."""
+
+from __future__ import annotations
+
+from statistics import fmean
+
+import torch
+
+from instructray.actors.base import RankActor
+from instructray.algorithms import (
+    dpo_loss,
+    entropy_bonus,
+    entropy_from_logits,
+    logprobs_from_logits,
+    masked_mean,
+    masked_sum,
+    policy_loss_clipped,
+    ptx_loss,
+    sft_loss,
+)
+from instructray.config import DPOStageConfig, PPOStageConfig
+from instructray.models import load_causal_lm
+from instructray.training.engine import EngineSpec, current_lr, torch_dtype
+from instructray.training.forward import Batch, action_logprobs, lm_logits, micro_batches
+
+
+def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {key: fmean(row[key] for row in rows) for key in rows[0]}
+
+
+class CausalLMActor(RankActor):
+    def load(self, path: str, dtype: str, spec: EngineSpec | None) -> None:
+        self.load_tokenizer(path)
+        self._attach(load_causal_lm(path, torch_dtype(dtype)), spec)
+
+    def _micro_batches(self, batch: Batch) -> list[Batch]:
+        assert self.spec is not None, "this actor was loaded without an optimizer"
+        return list(micro_batches(self._batch(batch), self.spec.micro_batch_size))
+
+    def _sequence_logps(self, ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor):
+        """Summed log-probs of the tokens marked in ``loss_mask`` (DPO's log π(y|x))."""
+        logits = lm_logits(self.model, ids, mask)
+        token_logps = logprobs_from_logits(logits[:, :-1], ids[:, 1:])
+        return masked_sum(token_logps, loss_mask[:, 1:], dim=-1)
+
+    # -- language modelling: pre-training and SFT --------------------------------------------
+    def train_lm(self, batch: Batch) -> dict[str, float]:
+        rows = []
+        for mb in self._micro_batches(batch):
+            logits = lm_logits(self.model, mb["input_ids"], mb["attention_mask"])
+            loss = sft_loss(logits, mb["input_ids"], mb["loss_mask"])
+            self.engine.backward(loss)
+            self.engine.step()
+            rows.append({"loss": loss.item(), "tokens": float(mb["loss_mask"].sum())})
+        return {**_mean_metrics(rows), "lr": current_lr(self.engine)}
+
+    @torch.no_grad()
+    def eval_lm(self, batch: Batch) -> dict[str, float]:
+        batch = self._batch(batch)
+        logits = lm_logits(self.model, batch["input_ids"], batch["attention_mask"])
+        return {"loss": sft_loss(logits, batch["input_ids"], batch["loss_mask"]).item()}
+
+    # -- log-probs for PPO (old policy, reference) and DPO (reference) -----------------------
+    @torch.no_grad()
+    def action_logprobs(self, batch: Batch) -> torch.Tensor:
+        batch = self._batch(batch)
+        logps, _ = action_logprobs(
+            self.model, batch["sequences"], batch["attention_mask"], batch["action_mask"].shape[1]
+        )
+        return logps.cpu()
+
+    @torch.no_grad()
+    def pair_logps(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self._batch(batch)
+        chosen = self._sequence_logps(batch["chosen_ids"], batch["chosen_mask"],
+                                      batch["chosen_loss_mask"])
+        rejected = self._sequence_logps(batch["rejected_ids"], batch["rejected_mask"],
+                                        batch["rejected_loss_mask"])
+        return chosen.cpu(), rejected.cpu()
+
+    # -- DPO ----------------------------------------------------------------------------------
+    def _dpo_step(self, mb: Batch, cfg: DPOStageConfig) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen = self._sequence_logps(mb["chosen_ids"], mb["chosen_mask"], mb["chosen_loss_mask"])
+        rejected = self._sequence_logps(mb["rejected_ids"], mb["rejected_mask"],
+                                        mb["rejected_loss_mask"])
+        loss, chosen_r, rejected_r = dpo_loss(
+            chosen, rejected, mb["ref_chosen_logps"], mb["ref_rejected_logps"],
+            beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
+        )
+        margin = chosen_r - rejected_r
+        return loss, {
+            "loss": loss.item(),
+            "reward_margin": margin.mean().item(),
+            "reward_accuracy": (margin > 0).float().mean().item(),
+            "chosen_reward": chosen_r.mean().item(),
+            "rejected_reward": rejected_r.mean().item(),
+        }
+
+    def train_dpo(self, batch: Batch, cfg: DPOStageConfig) -> dict[str, float]:
+        rows = []
+        for mb in self._micro_batches(batch):
+            loss, metrics = self._dpo_step(mb, cfg)
+            self.engine.backward(loss)
+            self.engine.step()
+            rows.append(metrics)
+        return {**_mean_metrics(rows), "lr": current_lr(self.engine)}
+
+    @torch.no_grad()
+    def eval_dpo(self, batch: Batch, cfg: DPOStageConfig) -> dict[str, float]:
+        return self._dpo_step(self._batch(batch), cfg)[1]
+
+    # -- PPO(-ptx) ----------------------------------------------------------------------------
+    def train_ppo(self, batch: Batch, ptx: Batch | None, cfg: PPOStageConfig) -> dict[str, float]:
+        """One optimizer step on a PPO mini-batch (this rank's share), micro-batched."""
+        micro = self._micro_batches(batch)
+        ptx_micro: list[Batch | None] = [None] * len(micro)
+        if ptx is not None:
+            size = -(-ptx["input_ids"].shape[0] // len(micro))
+            ptx_micro = list(micro_batches(self._batch(ptx), size))
+        rows = []
+        for mb, ptx_mb in zip(micro, ptx_micro, strict=False):
+            mask = mb["action_mask"]
+            logps, logits = action_logprobs(self.model, mb["sequences"], mb["attention_mask"],
+                                            mask.shape[1])
+            pg_loss, clip_frac, approx_kl = policy_loss_clipped(
+                logps, mb["logprobs"], mb["advantages"], mask, cfg.clip_eps
+            )
+            entropy = entropy_bonus(entropy_from_logits(logits), mask)
+            loss = pg_loss - cfg.entropy_coef * entropy
+            metrics = {
+                "policy_loss": pg_loss.item(),
+                "clip_fraction": float(clip_frac),
+                "approx_kl": float(approx_kl),
+                "entropy": entropy.item(),
+                "logprob_drift": masked_mean((logps - mb["logprobs"]).abs(), mask).item(),
+            }
+            if ptx_mb is not None and cfg.ptx_coef > 0:
+                ptx_logits = lm_logits(self.model, ptx_mb["input_ids"], ptx_mb["attention_mask"])
+                lm = ptx_loss(ptx_logits, ptx_mb["input_ids"], ptx_mb["attention_mask"])
+                loss = loss + cfg.ptx_coef * lm
+                metrics["ptx_loss"] = lm.item()
+            self.engine.backward(loss)
+            self.engine.step()
+            rows.append(metrics)
+        return {**_mean_metrics(rows), "policy_lr": current_lr(self.engine)}

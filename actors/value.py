@@ -1,0 +1,87 @@
+"""The scalar-head role: the reward model (trained on rankings, then frozen to score rollouts)
+and the critic (initialised from the reward model, trained on PPO returns)."""
+
+from __future__ import annotations
+
+from statistics import fmean
+
+import torch
+
+from instructray.actors.base import RankActor
+from instructray.algorithms import pairwise_ranking_loss, value_loss_clipped
+from instructray.config import PPOStageConfig
+from instructray.models import load_value_model, sequence_scores
+from instructray.training.engine import EngineSpec, current_lr, torch_dtype
+from instructray.training.forward import Batch, action_values, micro_batches
+
+
+class ValueModelActor(RankActor):
+    def load(self, path: str, dtype: str, spec: EngineSpec | None) -> None:
+        self.load_tokenizer(path)
+        self._attach(load_value_model(path, torch_dtype(dtype)), spec)
+
+    # -- reward model -------------------------------------------------------------------------
+    def _rm_groups(self, batch: Batch) -> list[Batch]:
+        """Micro-batches made of whole ranking groups, so no prompt's K answers are split."""
+        assert self.spec is not None, "this actor was loaded without an optimizer"
+        batch = self._batch(batch)
+        groups = torch.unique_consecutive(batch["group_ids"])
+        out = []
+        for i in range(0, len(groups), self.spec.micro_batch_size):
+            keep = torch.isin(batch["group_ids"], groups[i : i + self.spec.micro_batch_size])
+            out.append({k: v[keep] for k, v in batch.items()})
+        return out
+
+    def _rm_loss(self, mb: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rewards = sequence_scores(self.model, mb["input_ids"], mb["attention_mask"]).float()
+        loss, accuracy = pairwise_ranking_loss(rewards, mb["group_ids"], mb["ranks"])
+        return loss, accuracy, rewards
+
+    def train_rm(self, batch: Batch) -> dict[str, float]:
+        losses, accuracies = [], []
+        for mb in self._rm_groups(batch):
+            loss, accuracy, _ = self._rm_loss(mb)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.item())
+            accuracies.append(float(accuracy))
+        return {"loss": fmean(losses), "accuracy": fmean(accuracies),
+                "lr": current_lr(self.engine)}
+
+    @torch.no_grad()
+    def eval_rm(self, batch: Batch) -> dict[str, float]:
+        loss, accuracy, _ = self._rm_loss(self._batch(batch))
+        return {"loss": loss.item(), "accuracy": float(accuracy)}
+
+    @torch.no_grad()
+    def scores(self, batch: Batch) -> torch.Tensor:
+        """r(x, y) at the last real token of each `[prompt | response]` row."""
+        batch = self._batch(batch)
+        ids = batch.get("sequences", batch.get("input_ids"))
+        return sequence_scores(self.model, ids, batch["attention_mask"]).float().cpu()
+
+    # -- critic -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def action_values(self, batch: Batch) -> torch.Tensor:
+        batch = self._batch(batch)
+        return action_values(
+            self.model, batch["sequences"], batch["attention_mask"], batch["action_mask"].shape[1]
+        ).cpu()
+
+    def train_critic(self, batch: Batch, cfg: PPOStageConfig) -> dict[str, float]:
+        assert self.spec is not None, "this actor was loaded without an optimizer"
+        rows = []
+        for mb in micro_batches(self._batch(batch), self.spec.micro_batch_size):
+            mask = mb["action_mask"]
+            values = action_values(self.model, mb["sequences"], mb["attention_mask"],
+                                   mask.shape[1])
+            loss, clip_frac = value_loss_clipped(values, mb["values"], mb["returns"], mask,
+                                                 cfg.value_clip_eps)
+            self.engine.backward(cfg.value_loss_coef * loss)
+            self.engine.step()
+            rows.append((loss.item(), float(clip_frac)))
+        return {
+            "value_loss": fmean(r[0] for r in rows),
+            "value_clip_fraction": fmean(r[1] for r in rows),
+            "critic_lr": current_lr(self.engine),
+        }

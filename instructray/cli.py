@@ -1,0 +1,64 @@
+"""``instructray run CONFIG [--set key=value ...] [--out RUN_DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from instructray.config import ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="instructray",
+        description="InstructGPT alignment (SFT → reward model → PPO-ptx, or DPO) on Ray.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a job from a YAML config")
+    run.add_argument("config", type=Path, help="job config, e.g. configs/tiny.yaml")
+    run.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a config value, e.g. ppo.iterations=5")
+    run.add_argument("--out", type=Path, default=None, help="run folder (default output.run_dir)")
+    check = sub.add_parser("check", help="validate a config and print it resolved")
+    check.add_argument("config", type=Path)
+    check.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        overrides = list(args.overrides)
+        if getattr(args, "out", None) is not None:
+            overrides.append(f"output.run_dir={args.out}")
+        cfg = load_config(args.config, overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        import yaml
+
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return 0
+
+    import ray
+
+    from instructray.orchestrator.pipeline import run_job
+
+    started_ray = not ray.is_initialized()
+    try:
+        ctx = run_job(cfg)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if started_ray and ray.is_initialized():
+            ray.shutdown()
+    print(f"done: {ctx.run_dir}/summary.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

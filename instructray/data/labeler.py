@@ -1,0 +1,84 @@
+"""The simulated human labeler: ranks K sampled answers per prompt, as InstructGPT's did.
+
+Each answer's utility is the judge's score of the answer text alone (the continuation, not the
+prompt) plus ``noise`` × standard Gumbel noise; answers are ranked by utility, highest first.
+Sorting Gumbel-perturbed scores samples a Plackett–Luce ranking with weights exp(score/noise),
+so ``noise`` plays the role of the labeler's inconsistency (temperature).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from instructray.data.judges import Judge
+from instructray.data.records import RankedComparison
+
+
+class SimulatedLabeler:
+    def __init__(self, judge: Judge, noise: float, seed: int) -> None:
+        if noise < 0:
+            raise ValueError(f"noise must be >= 0, got {noise}")
+        self.judge = judge
+        self.noise = float(noise)
+        self.seed = seed
+        # One stream per labeler: the same seed and the same sequence of calls give the
+        # same rankings.
+        self._rng = np.random.default_rng(seed)
+
+    def rank(self, prompt: str, answers: Sequence[str]) -> RankedComparison | None:
+        """Rank distinct answers best first; None if fewer than 2 distinct answers."""
+        distinct = list(dict.fromkeys(answers))
+        if len(distinct) < 2:
+            return None
+        return self._rank(prompt, distinct, self.judge.score(distinct))
+
+    def rank_many(
+        self, prompts: Sequence[str], answer_lists: Sequence[Sequence[str]]
+    ) -> list[RankedComparison]:
+        """``rank`` for each prompt, with every answer scored in one judge call.
+
+        Prompts with fewer than 2 distinct answers are left out of the result. Given the same
+        seed, the result equals calling ``rank`` on each prompt in turn.
+        """
+        if len(prompts) != len(answer_lists):
+            raise ValueError(f"{len(prompts)} prompts but {len(answer_lists)} answer lists")
+        groups = [list(dict.fromkeys(answers)) for answers in answer_lists]
+        flat = [answer for group in groups if len(group) >= 2 for answer in group]
+        scores = self.judge.score(flat) if flat else np.zeros(0)
+        out: list[RankedComparison] = []
+        start = 0
+        for prompt, group in zip(prompts, groups, strict=True):
+            if len(group) < 2:
+                continue
+            out.append(self._rank(prompt, group, scores[start : start + len(group)]))
+            start += len(group)
+        return out
+
+    def _rank(self, prompt: str, answers: list[str], scores: np.ndarray) -> RankedComparison:
+        utility = np.asarray(scores, dtype=np.float64)
+        if self.noise > 0:
+            utility = utility + self.noise * self._rng.gumbel(size=len(answers))
+        # A stable sort of -utility breaks ties by answer index.
+        order = np.argsort(-utility, kind="stable")
+        return RankedComparison(prompt, tuple(answers[i] for i in order))
+
+
+def agreement(labeler: SimulatedLabeler, comparisons: Sequence[RankedComparison]) -> float:
+    """Fraction of (better, worse) pairs the noiseless judge orders the same way.
+
+    A tie in judge score counts as half agreement. NaN if there are no pairs.
+    """
+    answers = list(dict.fromkeys(a for c in comparisons for a in c.ranked))
+    if not answers:
+        return float("nan")
+    score = dict(zip(answers, labeler.judge.score(answers).tolist(), strict=True))
+    total = 0.0
+    pairs = 0
+    for comparison in comparisons:
+        for better, worse in comparison.pairs():
+            difference = score[better] - score[worse]
+            total += 1.0 if difference > 0 else 0.5 if difference == 0 else 0.0
+            pairs += 1
+    return total / pairs if pairs else float("nan")

@@ -1,0 +1,118 @@
+"""What a run leaves behind: RUN_DIR/metrics.jsonl, RUN_DIR/summary.json, TensorBoard events,
+and one human-readable line per logged step on the terminal (or the job's log)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+
+@dataclass
+class StageSummary:
+    stage: str
+    first_loss: float | None = None
+    last_loss: float | None = None
+    steps: int = 0
+    wall_time_s: float = 0.0
+    checkpoint: str | None = None
+    eval: dict[str, float] = field(default_factory=dict)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    parts = []
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            parts.append(f"{key}={value:.4g}")
+        else:
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+class RunLogger:
+    """Appends one JSON object per step to metrics.jsonl and keeps per-stage summaries."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, console: Console | None = None):
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.summary_path = run_dir / "summary.json"
+        self.console = console or Console(highlight=False)
+        self.summaries: dict[str, StageSummary] = {}
+        self._stage_started: dict[str, float] = {}
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def info(self, message: str) -> None:
+        self.console.print(message, markup=False, highlight=False)
+
+    def start_stage(self, stage: str) -> None:
+        self.summaries[stage] = StageSummary(stage=stage)
+        self._stage_started[stage] = time.perf_counter()
+        self.console.rule(f"stage {stage}")
+
+    def log(self, stage: str, step: int, metrics: dict[str, float], total: int | None = None):
+        record = {"stage": stage, "step": step, "time": time.time()}
+        record.update({k: _clean(v) for k, v in metrics.items()})
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        summary = self.summaries.setdefault(stage, StageSummary(stage=stage))
+        summary.steps = max(summary.steps, step)
+        if "loss" in metrics:
+            if summary.first_loss is None:
+                summary.first_loss = float(metrics["loss"])
+            summary.last_loss = float(metrics["loss"])
+        if self._tb is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(f"{stage}/{key}", value, step)
+        if total is None or step in (1, total) or step % max(1, total // 20) == 0:
+            where = f"{step}/{total}" if total else str(step)
+            self.info(f"[{stage}] step {where} {format_metrics(metrics)}")
+
+    def end_stage(self, stage: str, checkpoint: Path | None, eval_metrics: dict[str, float]):
+        summary = self.summaries.setdefault(stage, StageSummary(stage=stage))
+        summary.wall_time_s = round(time.perf_counter() - self._stage_started.get(stage, 0.0), 2)
+        summary.checkpoint = str(checkpoint) if checkpoint else None
+        summary.eval = {k: float(v) for k, v in eval_metrics.items()}
+        self.write_summary()
+        self.info(
+            f"[{stage}] done in {summary.wall_time_s:.1f}s "
+            f"loss {summary.first_loss} -> {summary.last_loss} eval {format_metrics(summary.eval)}"
+        )
+
+    def write_summary(self, status: str = "running", error: str | None = None) -> None:
+        body = {
+            "status": status,
+            "error": error,
+            "stages": {name: asdict(s) for name, s in self.summaries.items()},
+        }
+        tmp = self.summary_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body, indent=2))
+        tmp.replace(self.summary_path)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: Path, stage: str | None = None) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if stage is None or r["stage"] == stage]

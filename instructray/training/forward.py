@@ -1,0 +1,61 @@
+"""Forward passes shared by the actors: logits and values of `[prompt | response]` batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from instructray.algorithms import response_logprobs
+from instructray.models import token_values
+
+Batch = dict[str, torch.Tensor]
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as generate() assigns them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def lm_logits(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=position_ids_from_mask(mask),
+        use_cache=False,
+    )
+    return out.logits.float()
+
+
+def action_logprobs(
+    model: torch.nn.Module, sequences: torch.Tensor, mask: torch.Tensor, num_actions: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the last ``num_actions`` tokens and the logits that predicted them."""
+    logits = lm_logits(model, sequences, mask)
+    action_logits = logits[:, -num_actions - 1 : -1]
+    return response_logprobs(logits, sequences, num_actions), action_logits
+
+
+def action_values(
+    model: torch.nn.Module, sequences: torch.Tensor, mask: torch.Tensor, num_actions: int
+) -> torch.Tensor:
+    """V(s_t) for every response token: the value at the position that predicts it."""
+    values = token_values(model, sequences, mask).float()
+    return values[:, -num_actions - 1 : -1]
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def batch_size(batch: Batch) -> int:
+    return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+
+
+def micro_batches(batch: Batch, size: int) -> Iterator[Batch]:
+    n = batch_size(batch)
+    for start in range(0, n, size):
+        yield {
+            k: v[start : start + size] if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()
+        }

@@ -1,0 +1,150 @@
+"""Turning records into padded tensor batches (on the driver, before they go to the actors).
+
+LM batches are right-padded with a ``loss_mask`` marking the target tokens; prompts for rollout
+are token-id lists the rollout engine left-pads itself."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+from instructray.data import PromptExample, RankedComparison, SFTExample, TextExample
+
+T = TypeVar("T")
+Batch = dict[str, torch.Tensor]
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def pad_right(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def encode_prompt(tokenizer: Any, prompt: str, max_prompt_tokens: int) -> list[int]:
+    """Prompt ids, truncated from the left so the end of the prompt (its question) survives."""
+    ids = _ids(tokenizer, prompt)[-max_prompt_tokens:]
+    if not ids:
+        raise ValueError(f"prompt {prompt[:60]!r} encodes to no tokens")
+    return ids
+
+
+def _prompt_response(
+    tokenizer: Any, prompt: str, response: str, max_prompt: int, max_len: int
+) -> tuple[list[int], list[int]]:
+    """(ids, loss_mask) of prompt + response + EOS; the loss covers the response and EOS."""
+    p = encode_prompt(tokenizer, prompt, max_prompt)
+    r = (_ids(tokenizer, response) + [tokenizer.eos_token_id])[: max(1, max_len - len(p))]
+    return p + r, [0] * len(p) + [1] * len(r)
+
+
+def lm_batch(
+    tokenizer: Any, examples: Sequence[SFTExample | TextExample], max_prompt: int, max_len: int
+) -> Batch:
+    """SFT examples train on the response only; plain texts (pre-training) on every token."""
+    rows, masks = [], []
+    for ex in examples:
+        if isinstance(ex, SFTExample):
+            ids, loss = _prompt_response(tokenizer, ex.prompt, ex.response, max_prompt, max_len)
+        else:
+            ids = (_ids(tokenizer, ex.text) + [tokenizer.eos_token_id])[:max_len]
+            loss = [1] * len(ids)
+        rows.append(ids)
+        masks.append(loss)
+    input_ids, attention_mask = pad_right(rows, tokenizer.pad_token_id)
+    loss_mask, _ = pad_right(masks, 0)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+
+
+def ranking_batch(
+    tokenizer: Any, comparisons: Sequence[RankedComparison], max_prompt: int, max_len: int
+) -> Batch:
+    """All K answers of every comparison, flattened, with group ids and ranks (0 = best)."""
+    rows, group_ids, ranks = [], [], []
+    for g, comp in enumerate(comparisons):
+        for rank, answer in enumerate(comp.ranked):
+            ids, _ = _prompt_response(tokenizer, comp.prompt, answer, max_prompt, max_len)
+            rows.append(ids)
+            group_ids.append(g)
+            ranks.append(rank)
+    input_ids, attention_mask = pad_right(rows, tokenizer.pad_token_id)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "group_ids": torch.tensor(group_ids),
+        "ranks": torch.tensor(ranks),
+    }
+
+
+def pair_batch(
+    tokenizer: Any, pairs: Sequence[tuple[str, str, str]], max_prompt: int, max_len: int
+) -> Batch:
+    """(prompt, chosen, rejected) triples for DPO."""
+    out: Batch = {}
+    for side, index in (("chosen", 1), ("rejected", 2)):
+        encoded = [
+            _prompt_response(tokenizer, p[0], p[index], max_prompt, max_len) for p in pairs
+        ]
+        ids, mask = pad_right([e[0] for e in encoded], tokenizer.pad_token_id)
+        loss_mask, _ = pad_right([e[1] for e in encoded], 0)
+        out |= {f"{side}_ids": ids, f"{side}_mask": mask, f"{side}_loss_mask": loss_mask}
+    return out
+
+
+def comparison_pairs(comparisons: Sequence[RankedComparison]) -> list[tuple[str, str, str]]:
+    """Every (prompt, better, worse) pair of every ranking."""
+    return [(c.prompt, w, lo) for c in comparisons for w, lo in c.pairs()]
+
+
+def prompt_ids(
+    tokenizer: Any, prompts: Sequence[PromptExample], max_prompt_tokens: int
+) -> list[list[int]]:
+    return [encode_prompt(tokenizer, p.prompt, max_prompt_tokens) for p in prompts]
+
+
+def epoch_batches(
+    items: Sequence[T], batch_size: int, epochs: float, seed: int
+) -> Iterator[list[T]]:
+    """Shuffled full batches for ``epochs`` passes (fractions allowed); the last partial batch
+    of each pass is dropped so every optimizer step sees the same number of examples."""
+    if len(items) < batch_size:
+        raise ValueError(f"{len(items)} examples are fewer than one batch of {batch_size}")
+    per_epoch = len(items) // batch_size
+    total = max(1, round(per_epoch * epochs))
+    rng = random.Random(seed)
+    order: list[int] = []
+    for step in range(total):
+        if step % per_epoch == 0:
+            order = list(range(len(items)))
+            rng.shuffle(order)
+        start = (step % per_epoch) * batch_size
+        yield [items[i] for i in order[start : start + batch_size]]
+
+
+def num_batches(n_items: int, batch_size: int, epochs: float) -> int:
+    return max(1, round((n_items // batch_size) * epochs))
+
+
+def split_for_ranks(items: Sequence[T], world_size: int) -> list[list[T]]:
+    per_rank = len(items) // world_size
+    return [list(items[r * per_rank : (r + 1) * per_rank]) for r in range(world_size)]
+
+
+def cycle(items: Sequence[T], seed: int) -> Iterator[T]:
+    """Endless shuffled passes (prompts for PPO, texts for the ptx term)."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        for i in order:
+            yield items[i]

@@ -1,0 +1,90 @@
+"""The experience batch: everything one PPO iteration knows about its rollouts.
+
+Layout: a row is ``[left-padded prompt | right-padded response]`` of width P + R. Per-token fields
+are shaped [B, R] and cover only the response (the "actions"); a response token is valid where
+``action_mask`` is 1 (up to and including the EOS that ended it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+
+@dataclass
+class Experience:
+    # -- from the rollout engine -----------------------------------------------------------
+    sequences: torch.Tensor
+    """[B, P+R] token ids: prompt (left-padded) then response (right-padded)."""
+    attention_mask: torch.Tensor
+    """[B, P+R] 1 on real prompt and response tokens, 0 on padding."""
+    action_mask: torch.Tensor
+    """[B, R] bool, 1 on response tokens the policy produced (the EOS included)."""
+    group_ids: torch.Tensor
+    """[B] long, index of the prompt a sample came from (n samples share one id)."""
+    # -- from the policy, the frozen reference, the reward model and the critic ------------
+    logprobs: torch.Tensor
+    """[B, R] log π_old(a_t | s_t) from the policy that generated the batch."""
+    ref_logprobs: torch.Tensor
+    """[B, R] log π_SFT(a_t | s_t) from the frozen reference (the SFT model)."""
+    scores: torch.Tensor
+    """[B] reward-model score r(x, y) of each whole response."""
+    values: torch.Tensor | None
+    """[B, R] critic's V(s_t) before each response token; None for critic-free estimators."""
+    # -- computed by the coordinator ---------------------------------------------------------
+    kl: torch.Tensor
+    """[B, R] per-token KL(π_old ‖ π_SFT) estimate (estimator from config)."""
+    rewards: torch.Tensor
+    """[B, R] shaped reward: −β·kl on every token, plus the RM score on the last one."""
+    advantages: torch.Tensor
+    """[B, R] advantage estimates (whitened over valid tokens when configured)."""
+    returns: torch.Tensor
+    """[B, R] value targets for the critic (advantages + values for GAE)."""
+
+    @property
+    def num_actions(self) -> int:
+        return self.action_mask.shape[1]
+
+    def __len__(self) -> int:
+        return self.sequences.shape[0]
+
+    def select(self, index: torch.Tensor) -> Experience:
+        """The rows in ``index`` (a mini-batch), every field sliced alike."""
+        picked = {
+            f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+            for f in fields(self)
+        }
+        return replace(self, **picked)
+
+    def minibatches(self, size: int, generator: torch.Generator) -> Iterator[Experience]:
+        order = torch.randperm(len(self), generator=generator)
+        for start in range(0, len(self) - size + 1, size):
+            yield self.select(order[start : start + size])
+
+    def shard(self, world_size: int) -> list[Experience]:
+        """Equal contiguous slices, one per data-parallel rank."""
+        per_rank = len(self) // world_size
+        return [
+            self.select(torch.arange(r * per_rank, (r + 1) * per_rank)) for r in range(world_size)
+        ]
+
+    def policy_inputs(self) -> dict[str, torch.Tensor]:
+        return {
+            "sequences": self.sequences,
+            "attention_mask": self.attention_mask,
+            "action_mask": self.action_mask,
+            "logprobs": self.logprobs,
+            "advantages": self.advantages,
+        }
+
+    def critic_inputs(self) -> dict[str, torch.Tensor]:
+        assert self.values is not None
+        return {
+            "sequences": self.sequences,
+            "attention_mask": self.attention_mask,
+            "action_mask": self.action_mask,
+            "values": self.values,
+            "returns": self.returns,
+        }

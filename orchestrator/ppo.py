@@ -1,0 +1,194 @@
+"""The PPO coordinator: rollouts → scores → advantages → PPO updates → weight sync.
+
+Every model lives on its own actor group; this loop only moves batches between them and does the
+cheap per-token arithmetic (KL, reward shaping, advantages) on the driver."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from statistics import fmean
+from typing import Any
+
+import torch
+
+from instructray.actors.group import ActorGroup, wait
+from instructray.algorithms import (
+    AdaptiveKLController,
+    AdvantageInputs,
+    FixedKLController,
+    KLController,
+    get_advantage_estimator,
+    kl_penalty,
+    masked_mean,
+    masked_sum,
+    shape_rewards,
+    whiten,
+)
+from instructray.config import PPOStageConfig
+from instructray.data import PromptExample, TextExample
+from instructray.orchestrator.batching import cycle, lm_batch, prompt_ids
+from instructray.orchestrator.experience import Experience
+from instructray.orchestrator.stages.common import Stopwatch
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class PPORoles:
+    policy: ActorGroup
+    reference: ActorGroup
+    reward: ActorGroup
+    rollout: ActorGroup
+    critic: ActorGroup | None
+    """None when the advantage estimator needs no critic."""
+
+    def shutdown(self) -> None:
+        for group in (self.policy, self.reference, self.reward, self.rollout, self.critic):
+            if group is not None:
+                group.shutdown()
+
+
+def _shards(batch: Batch, n: int) -> list[Batch]:
+    parts = {k: torch.tensor_split(v, n) for k, v in batch.items()}
+    return [{k: parts[k][i] for k in batch} for i in range(n)]
+
+
+def forward_on(group: ActorGroup, method: Callable[[Any], Any], batch: Batch) -> list[Any]:
+    """Start ``method(actor)(shard)`` on every rank (collective under ZeRO-3); returns refs."""
+    shards = _shards(batch, group.world_size)
+    return group.submit(lambda actor, rank: method(actor).remote(shards[rank]))
+
+
+def make_kl_controller(cfg: PPOStageConfig) -> KLController:
+    if cfg.kl.adaptive:
+        return AdaptiveKLController(cfg.kl.init_coef, cfg.kl.target, cfg.kl.horizon)
+    return FixedKLController(cfg.kl.init_coef)
+
+
+class PPOCoordinator:
+    def __init__(
+        self,
+        cfg: PPOStageConfig,
+        roles: PPORoles,
+        tokenizer: Any,
+        prompts: Sequence[PromptExample],
+        ptx_texts: Sequence[TextExample],
+        max_prompt_tokens: int,
+        max_seq_len: int,
+        seed: int,
+    ):
+        self.cfg = cfg
+        self.roles = roles
+        self.tokenizer = tokenizer
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_seq_len = max_seq_len
+        self.seed = seed
+        self.estimator = get_advantage_estimator(cfg.advantage_estimator)
+        self.kl_ctl = make_kl_controller(cfg)
+        self.prompts = cycle(prompts, seed)
+        self.ptx_texts = cycle(ptx_texts, seed + 1) if cfg.ptx_coef > 0 and ptx_texts else None
+        self.generator = torch.Generator().manual_seed(seed)
+
+    # -- one iteration ------------------------------------------------------------------------
+    def train_step(self, iteration: int) -> dict[str, float]:
+        cfg, clock, timings = self.cfg, Stopwatch(), {}
+
+        prompts = [next(self.prompts) for _ in range(cfg.rollout_batch_size)]
+        ids = prompt_ids(self.tokenizer, prompts, self.max_prompt_tokens)
+        rollout = self.roles.rollout.call_rank0(
+            lambda a: a.generate.remote(ids, cfg.sampling, cfg.samples_per_prompt,
+                                        self.seed * 100003 + iteration))
+        group_ids = torch.arange(len(prompts)).repeat_interleave(cfg.samples_per_prompt)
+        timings["time_generate"] = clock.lap()
+
+        exp = self.make_experience(rollout, group_ids)
+        timings["time_score"] = clock.lap()
+
+        train_metrics = self.learn(exp)
+        timings["time_train"] = clock.lap()
+
+        self.sync_weights()
+        timings["time_sync"] = clock.lap()
+
+        mask = exp.action_mask
+        kl_per_sample = masked_sum(exp.kl, mask, dim=-1)
+        metrics = {
+            "loss": train_metrics["policy_loss"],
+            "reward_mean": exp.scores.mean().item(),
+            "reward_std": exp.scores.std().item() if len(exp) > 1 else 0.0,
+            "kl": kl_per_sample.mean().item(),
+            "kl_coef": self.kl_ctl.value,
+            "response_length": mask.sum(-1).float().mean().item(),
+            "return_mean": masked_mean(exp.returns, mask).item(),
+            **train_metrics,
+            **timings,
+        }
+        metrics["tokens_per_s"] = mask.sum().item() / max(timings["time_generate"], 1e-9)
+        self.kl_ctl.update(metrics["kl"], n_steps=len(exp))
+        return metrics
+
+    # -- the pieces ---------------------------------------------------------------------------
+    def make_experience(self, rollout: Batch, group_ids: torch.Tensor) -> Experience:
+        """Score the rollouts on every model at once, then shape rewards and advantages."""
+        roles, cfg = self.roles, self.cfg
+        policy_refs = forward_on(roles.policy, lambda a: a.action_logprobs, rollout)
+        ref_refs = forward_on(roles.reference, lambda a: a.action_logprobs, rollout)
+        score_refs = forward_on(roles.reward, lambda a: a.scores, rollout)
+        value_refs = (forward_on(roles.critic, lambda a: a.action_values, rollout)
+                      if roles.critic is not None else [])
+        logprobs = torch.cat(wait(policy_refs))
+        ref_logprobs = torch.cat(wait(ref_refs))
+        scores = torch.cat(wait(score_refs))
+        values = torch.cat(wait(value_refs)) if value_refs else None
+
+        mask = rollout["action_mask"]
+        kl = kl_penalty(logprobs, ref_logprobs, cfg.kl.estimator) * mask
+        rewards = shape_rewards(scores, kl, mask, self.kl_ctl.value, cfg.reward_clip)
+        advantages, returns = self.estimator(AdvantageInputs(
+            rewards=rewards, values=values, action_mask=mask, scores=scores,
+            group_ids=group_ids, gamma=cfg.gamma, lam=cfg.lam,
+        ))
+        if cfg.whiten_advantages:
+            advantages = whiten(advantages, mask)
+        return Experience(
+            sequences=rollout["sequences"], attention_mask=rollout["attention_mask"],
+            action_mask=mask, group_ids=group_ids, logprobs=logprobs,
+            ref_logprobs=ref_logprobs, scores=scores, values=values, kl=kl, rewards=rewards,
+            advantages=advantages, returns=returns,
+        )
+
+    def _ptx_shards(self, world_size: int) -> list[Batch | None]:
+        if self.ptx_texts is None:
+            return [None] * world_size
+        texts = [next(self.ptx_texts) for _ in range(self.cfg.ptx_batch_size * world_size)]
+        per_rank = self.cfg.ptx_batch_size
+        return [lm_batch(self.tokenizer, texts[r * per_rank : (r + 1) * per_rank], 0,
+                         self.max_seq_len) for r in range(world_size)]
+
+    def learn(self, exp: Experience) -> dict[str, float]:
+        """``ppo_epochs`` passes of mini-batch updates; policy and critic train side by side."""
+        roles, cfg = self.roles, self.cfg
+        policy_rows, critic_rows = [], []
+        for _ in range(cfg.ppo_epochs):
+            for mb in exp.minibatches(cfg.mini_batch_size, self.generator):
+                shards = mb.shard(roles.policy.world_size)
+                ptx = self._ptx_shards(roles.policy.world_size)
+                policy_refs = roles.policy.submit(lambda a, r: a.train_ppo.remote(
+                    shards[r].policy_inputs(), ptx[r], cfg))
+                critic_refs = []
+                if roles.critic is not None:
+                    critic_shards = mb.shard(roles.critic.world_size)
+                    critic_refs = roles.critic.submit(lambda a, r: a.train_critic.remote(
+                        critic_shards[r].critic_inputs(), cfg))
+                policy_rows += wait(policy_refs)
+                critic_rows += wait(critic_refs)
+        rows = policy_rows + critic_rows
+        keys = {k for row in rows for k in row}
+        return {k: fmean(row[k] for row in rows if k in row) for k in sorted(keys)}
+
+    def sync_weights(self) -> None:
+        """Make the updated policy the one that generates (through Ray's object store)."""
+        state_refs = self.roles.policy.submit(lambda a, _r: a.state_dict.remote())
+        self.roles.rollout.call(lambda a, _r: a.load_weights.remote(state_refs[0]))
+        wait(state_refs)

@@ -1,0 +1,118 @@
+"""Starting each role's actors from the job config: placement, engine spec, weights."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Literal
+
+import ray
+
+from instructray.actors.group import ActorGroup, RolePlacement
+from instructray.actors.policy import CausalLMActor
+from instructray.actors.rollout import HFRolloutActor
+from instructray.actors.value import ValueModelActor
+from instructray.config import JobConfig, OptimConfig
+from instructray.training.engine import EngineSpec
+
+Role = Literal["policy", "critic", "reference", "reward", "rollout"]
+DISTRIBUTED_ROLES = {"policy", "critic"}
+
+
+def init_ray(cfg: JobConfig) -> None:
+    """Connect to ``cfg.ray.address`` or start a local cluster sized for every role at once."""
+    if ray.is_initialized():
+        return
+    env = {
+        "TOKENIZERS_PARALLELISM": "false",
+        # Actor logs go to the job's log: keep them to what a user reads.
+        "TRANSFORMERS_VERBOSITY": "error",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "PYTHONWARNINGS": "ignore::FutureWarning",
+    }
+    if cfg.resources.device == "cpu" or cfg.ray.address is None and cfg.resources.device != "cuda":
+        env["DS_ACCELERATOR"] = "cpu"
+    if cfg.ray.address is not None:
+        ray.init(address=cfg.ray.address, runtime_env={"env_vars": env}, log_to_driver=True)
+        return
+    roles = [getattr(cfg.resources, r) for r in ("policy", "critic", "reference", "reward",
+                                                   "rollout")]
+    needed = math.ceil(sum(r.num_cpus * r.actors for r in roles))
+    ray.init(
+        num_cpus=cfg.ray.num_cpus or max(os.cpu_count() or 1, needed),
+        include_dashboard=False,
+        runtime_env={"env_vars": env},
+        log_to_driver=True,
+    )
+
+
+def uses_gpu(cfg: JobConfig) -> bool:
+    if cfg.resources.device != "auto":
+        return cfg.resources.device == "cuda"
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def placement(cfg: JobConfig, role: Role, actors: int | None = None) -> RolePlacement:
+    res = getattr(cfg.resources, role)
+    env = {} if uses_gpu(cfg) else {"DS_ACCELERATOR": "cpu"}
+    return RolePlacement(
+        name=role,
+        actors=actors or (res.actors if role in DISTRIBUTED_ROLES else 1),
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus if uses_gpu(cfg) else 0.0,
+        env_vars=env,
+    )
+
+
+def engine_spec(
+    cfg: JobConfig, batch_size: int, micro_batch_size: int, world_size: int, optim: OptimConfig,
+    what: str,
+) -> EngineSpec:
+    """Per-rank micro batch and accumulation steps so one optimizer step sees ``batch_size``."""
+    if batch_size % world_size:
+        raise ValueError(f"{what}: batch size {batch_size} is not divisible by the "
+                         f"{world_size} data-parallel ranks")
+    per_rank = batch_size // world_size
+    micro = min(micro_batch_size, per_rank)
+    if per_rank % micro:
+        raise ValueError(f"{what}: per-rank batch {per_rank} is not a multiple of the micro "
+                         f"batch {micro}")
+    return EngineSpec(
+        micro_batch_size=micro,
+        grad_accum_steps=per_rank // micro,
+        zero_stage=cfg.resources.zero_stage,
+        dtype=cfg.model.dtype,
+        optim=optim,
+    )
+
+
+def _start(cfg: JobConfig, actor_cls: type, role: Role, distributed: bool) -> ActorGroup:
+    return ActorGroup(
+        actor_cls,
+        placement(cfg, role),
+        distributed=distributed,
+        seed=cfg.seed,
+        torch_threads=cfg.resources.torch_threads,
+    )
+
+
+def start_causal_lm(cfg: JobConfig, role: Role, path: str, spec: EngineSpec | None) -> ActorGroup:
+    """Policy ranks (with an optimizer) or the frozen reference (spec None)."""
+    group = _start(cfg, CausalLMActor, role, distributed=spec is not None)
+    group.call(lambda a, _r: a.load.remote(path, cfg.model.dtype, spec))
+    return group
+
+
+def start_value_model(
+    cfg: JobConfig, role: Role, path: str, spec: EngineSpec | None
+) -> ActorGroup:
+    """Reward-model or critic ranks; a causal-LM checkpoint gets a fresh scalar head."""
+    group = _start(cfg, ValueModelActor, role, distributed=spec is not None)
+    group.call(lambda a, _r: a.load.remote(path, cfg.model.dtype, spec))
+    return group
+
+
+def start_rollout(cfg: JobConfig, path: str) -> ActorGroup:
+    group = _start(cfg, HFRolloutActor, "rollout", distributed=False)
+    group.call(lambda a, _r: a.load.remote(path, cfg.model.dtype))
+    return group

@@ -1,0 +1,76 @@
+"""DPO: the two-step alternative to RM + PPO. The policy starts from the SFT model, which also
+serves (frozen, on its own actor) as the reference; every ranked pair is one training pair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from instructray.actors.group import ActorGroup
+from instructray.orchestrator.batching import (
+    comparison_pairs,
+    epoch_batches,
+    num_batches,
+    pair_batch,
+    split_for_ranks,
+)
+from instructray.orchestrator.context import JobContext, split_eval
+from instructray.orchestrator.roles import engine_spec, start_causal_lm
+from instructray.orchestrator.stages.common import Stopwatch, mean_over_ranks, save
+from instructray.orchestrator.stages.rm import comparisons_for
+
+
+def _with_reference(reference: ActorGroup, batch: dict[str, torch.Tensor]):
+    chosen, rejected = reference.call_rank0(lambda a: a.pair_logps.remote(batch))
+    return batch | {"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
+
+
+def run(ctx: JobContext) -> Path:
+    cfg, scfg = ctx.cfg, ctx.cfg.dpo
+    pairs = comparison_pairs(comparisons_for(ctx))
+    if scfg.max_pairs:
+        pairs = pairs[: scfg.max_pairs]
+    train, held_out = split_eval(pairs, cfg.data.eval_fraction, cfg.seed, max_eval=256)
+    init = ctx.sft_model()
+    tokenizer = ctx.tokenizer(init)
+    world = cfg.resources.policy.actors
+    spec = engine_spec(cfg, scfg.batch_size, scfg.micro_batch_size, world, scfg.optim, "dpo")
+
+    def encode(part):
+        return pair_batch(tokenizer, part, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
+
+    ctx.log.info(f"[dpo] {len(train)} pairs / {len(held_out)} held out, beta {scfg.beta}, "
+                 f"{scfg.loss_type} loss, policy and reference from {init}")
+    reference = start_causal_lm(cfg, "reference", str(init), spec=None)
+    policy = start_causal_lm(cfg, "policy", str(init), spec)
+    try:
+        held_batches = [_with_reference(reference, encode(p))
+                        for p in split_for_ranks(held_out, world)]
+
+        def evaluate() -> dict[str, float]:
+            return mean_over_ranks(
+                policy.call(lambda a, r: a.eval_dpo.remote(held_batches[r], scfg)))
+
+        before = evaluate()
+        total = num_batches(len(train), scfg.batch_size, scfg.epochs)
+        clock = Stopwatch()
+        for step, batch in enumerate(epoch_batches(train, scfg.batch_size, scfg.epochs,
+                                                   cfg.seed), start=1):
+            shards = [_with_reference(reference, encode(p)) for p in split_for_ranks(batch, world)]
+            metrics = mean_over_ranks(policy.call(lambda a, r: a.train_dpo.remote(shards[r],
+                                                                                   scfg)))
+            metrics["pairs_per_s"] = scfg.batch_size / max(clock.lap(), 1e-9)
+            ctx.log.log("dpo", step, metrics, total)
+        after = evaluate()
+        checkpoint = save(ctx, policy, "dpo")
+    finally:
+        policy.shutdown()
+        reference.shutdown()
+    ctx.log.end_stage("dpo", checkpoint, {
+        "heldout_margin_before": before["reward_margin"],
+        "heldout_margin": after["reward_margin"],
+        "heldout_accuracy": after["reward_accuracy"],
+        "heldout_loss": after["loss"],
+    })
+    return checkpoint

@@ -1,0 +1,116 @@
+"""Reward-model stage: collect rankings (a user file, or the simulated labeler ranking K SFT
+samples per prompt as InstructGPT's labelers did), then train r(x, y) with the pairwise loss over
+all K(K−1)/2 pairs of each prompt's ranking in one batch element."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from instructray.config import SamplingConfig
+from instructray.data import RankedComparison, SimulatedLabeler, agreement, write_preferences
+from instructray.orchestrator.batching import (
+    epoch_batches,
+    num_batches,
+    prompt_ids,
+    ranking_batch,
+    split_for_ranks,
+)
+from instructray.orchestrator.context import JobContext, split_eval
+from instructray.orchestrator.roles import engine_spec, start_rollout, start_value_model
+from instructray.orchestrator.stages.common import Stopwatch, mean_over_ranks, save
+
+
+def _decode_responses(tokenizer, rollout) -> list[str]:
+    texts = []
+    for row, mask in zip(rollout["sequences"], rollout["action_mask"], strict=True):
+        response = row[-mask.shape[0] :][mask.bool()]
+        texts.append(tokenizer.decode(response, skip_special_tokens=True))
+    return texts
+
+
+def label_sft_samples(ctx: JobContext) -> list[RankedComparison]:
+    """K ∈ [k_min, k_max] samples of the SFT model per prompt, ranked by the labeler."""
+    cfg, lcfg = ctx.cfg, ctx.cfg.rm.labeler
+    assert ctx.data.task is not None
+    prompts = ctx.data.prompts[: lcfg.num_prompts]
+    sft = ctx.sft_model()
+    tokenizer = ctx.tokenizer(sft)
+    ctx.log.info(f"[rm] sampling {lcfg.k_min}..{lcfg.k_max} answers for {len(prompts)} prompts "
+                 f"from {sft}")
+    rollout = start_rollout(cfg, str(sft))
+    try:
+        sampling = SamplingConfig(temperature=lcfg.temperature, max_new_tokens=lcfg.max_new_tokens)
+        ids = prompt_ids(tokenizer, prompts, cfg.model.max_prompt_tokens)
+        out = rollout.call_rank0(lambda a: a.generate.remote(ids, sampling, lcfg.k_max, cfg.seed))
+    finally:
+        rollout.shutdown()
+    answers = _decode_responses(tokenizer, out)
+    rng = random.Random(cfg.seed)
+    answer_lists = []
+    for i in range(len(prompts)):
+        k = rng.randint(lcfg.k_min, lcfg.k_max)
+        answer_lists.append(answers[i * lcfg.k_max : i * lcfg.k_max + k])
+    labeler = SimulatedLabeler(ctx.data.task.labeler_judge(), noise=lcfg.noise, seed=cfg.seed)
+    comparisons = labeler.rank_many([p.prompt for p in prompts], answer_lists)
+    path = ctx.run_dir / "data" / "comparisons.jsonl"
+    write_preferences(path, comparisons)
+    ctx.log.info(f"[rm] labeler ranked {len(comparisons)} prompts "
+                 f"({sum(len(c.ranked) for c in comparisons)} answers, agreement with its "
+                 f"noiseless judge {agreement(labeler, comparisons):.3f}) -> {path}")
+    return comparisons
+
+
+def comparisons_for(ctx: JobContext) -> list[RankedComparison]:
+    if ctx.comparisons is None:
+        ctx.comparisons = ctx.data.user_preferences() or label_sft_samples(ctx)
+    return ctx.comparisons
+
+
+def _evaluate(ctx: JobContext, group, tokenizer, comparisons) -> dict[str, float]:
+    cfg = ctx.cfg
+    parts = split_for_ranks(comparisons, group.world_size)
+    batches = [ranking_batch(tokenizer, p, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
+               for p in parts]
+    results = group.call(lambda a, r: a.eval_rm.remote(batches[r]))
+    return mean_over_ranks(results)
+
+
+def run(ctx: JobContext) -> Path:
+    cfg, scfg = ctx.cfg, ctx.cfg.rm
+    comparisons = comparisons_for(ctx)
+    if scfg.max_comparisons:
+        comparisons = comparisons[: scfg.max_comparisons]
+    train, held_out = split_eval(comparisons, cfg.data.eval_fraction, cfg.seed)
+    init = ctx.sft_model()
+    tokenizer = ctx.tokenizer(init)
+    world = cfg.resources.reward.actors
+    spec = engine_spec(cfg, scfg.batch_size, scfg.micro_batch_size, world, scfg.optim, "rm")
+    n_pairs = sum(len(c.ranked) * (len(c.ranked) - 1) // 2 for c in train)
+    ctx.log.info(f"[rm] {len(train)} rankings ({n_pairs} pairs) / {len(held_out)} held out, "
+                 f"init {init}")
+    group = start_value_model(cfg, "reward", str(init), spec)
+    try:
+        before = _evaluate(ctx, group, tokenizer, held_out)
+        total = num_batches(len(train), scfg.batch_size, scfg.epochs)
+        clock = Stopwatch()
+        for step, batch in enumerate(epoch_batches(train, scfg.batch_size, scfg.epochs,
+                                                   cfg.seed), start=1):
+            shards = [ranking_batch(tokenizer, part, cfg.model.max_prompt_tokens,
+                                    cfg.model.max_seq_len)
+                      for part in split_for_ranks(batch, world)]
+            metrics = mean_over_ranks(group.call(lambda a, r: a.train_rm.remote(shards[r])))
+            metrics["rankings_per_s"] = scfg.batch_size / max(clock.lap(), 1e-9)
+            ctx.log.log("rm", step, metrics, total)
+        after = _evaluate(ctx, group, tokenizer, held_out)
+        checkpoint = save(ctx, group, "rm")
+    finally:
+        group.shutdown()
+    ctx.log.end_stage("rm", checkpoint, {
+        "heldout_accuracy_before": before["accuracy"],
+        "heldout_accuracy": after["accuracy"],
+        "heldout_loss": after["loss"],
+        "train_rankings": float(len(train)),
+        "heldout_rankings": float(len(held_out)),
+    })
+    return checkpoint
