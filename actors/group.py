@@ -59,6 +59,17 @@ class ActorGroup:
         """Like `call` without waiting, so several roles can work at the same time."""
         return [fn(actor, rank) for rank, actor in enumerate(self.actors)]
 
+    def map_async(
+        self, method: Callable[[Any], Any], shards: Sequence[Any], *common: Any
+    ) -> list[ray.ObjectRef]:
+        """``method(actor).remote(shard, *common)`` with one shard per rank, without waiting."""
+        if len(shards) != len(self.actors):
+            raise ValueError(f"{len(shards)} shards for {len(self.actors)} ranks")
+        return [method(a).remote(s, *common) for a, s in zip(self.actors, shards, strict=True)]
+
+    def map(self, method: Callable[[Any], Any], shards: Sequence[Any], *common: Any) -> list[Any]:
+        return ray.get(self.map_async(method, shards, *common))
+
     def call_rank0(self, fn: Callable[[Any], ray.ObjectRef]) -> Any:
         return ray.get(fn(self.actors[0]))
 

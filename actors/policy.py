@@ -73,20 +73,28 @@ class CausalLMActor(RankActor):
     @torch.no_grad()
     def pair_logps(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self._batch(batch)
-        chosen = self._sequence_logps(batch["chosen_ids"], batch["chosen_mask"],
-                                      batch["chosen_loss_mask"])
-        rejected = self._sequence_logps(batch["rejected_ids"], batch["rejected_mask"],
-                                        batch["rejected_loss_mask"])
+        chosen = self._sequence_logps(
+            batch["chosen_ids"], batch["chosen_mask"], batch["chosen_loss_mask"]
+        )
+        rejected = self._sequence_logps(
+            batch["rejected_ids"], batch["rejected_mask"], batch["rejected_loss_mask"]
+        )
         return chosen.cpu(), rejected.cpu()
 
     # -- DPO ----------------------------------------------------------------------------------
     def _dpo_step(self, mb: Batch, cfg: DPOStageConfig) -> tuple[torch.Tensor, dict[str, float]]:
         chosen = self._sequence_logps(mb["chosen_ids"], mb["chosen_mask"], mb["chosen_loss_mask"])
-        rejected = self._sequence_logps(mb["rejected_ids"], mb["rejected_mask"],
-                                        mb["rejected_loss_mask"])
+        rejected = self._sequence_logps(
+            mb["rejected_ids"], mb["rejected_mask"], mb["rejected_loss_mask"]
+        )
         loss, chosen_r, rejected_r = dpo_loss(
-            chosen, rejected, mb["ref_chosen_logps"], mb["ref_rejected_logps"],
-            beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
+            chosen,
+            rejected,
+            mb["ref_chosen_logps"],
+            mb["ref_rejected_logps"],
+            beta=cfg.beta,
+            loss_type=cfg.loss_type,
+            label_smoothing=cfg.label_smoothing,
         )
         margin = chosen_r - rejected_r
         return loss, {
@@ -121,8 +129,9 @@ class CausalLMActor(RankActor):
         rows = []
         for mb, ptx_mb in zip(micro, ptx_micro, strict=False):
             mask = mb["action_mask"]
-            logps, logits = action_logprobs(self.model, mb["sequences"], mb["attention_mask"],
-                                            mask.shape[1])
+            logps, logits = action_logprobs(
+                self.model, mb["sequences"], mb["attention_mask"], mask.shape[1]
+            )
             pg_loss, clip_frac, approx_kl = policy_loss_clipped(
                 logps, mb["logprobs"], mb["advantages"], mask, cfg.clip_eps
             )

@@ -45,8 +45,7 @@ class ValueModelActor(RankActor):
             self.engine.step()
             losses.append(loss.item())
             accuracies.append(float(accuracy))
-        return {"loss": fmean(losses), "accuracy": fmean(accuracies),
-                "lr": current_lr(self.engine)}
+        return {"loss": fmean(losses), "accuracy": fmean(accuracies), "lr": current_lr(self.engine)}
 
     @torch.no_grad()
     def eval_rm(self, batch: Batch) -> dict[str, float]:
@@ -73,10 +72,10 @@ class ValueModelActor(RankActor):
         rows = []
         for mb in micro_batches(self._batch(batch), self.spec.micro_batch_size):
             mask = mb["action_mask"]
-            values = action_values(self.model, mb["sequences"], mb["attention_mask"],
-                                   mask.shape[1])
-            loss, clip_frac = value_loss_clipped(values, mb["values"], mb["returns"], mask,
-                                                 cfg.value_clip_eps)
+            values = action_values(self.model, mb["sequences"], mb["attention_mask"], mask.shape[1])
+            loss, clip_frac = value_loss_clipped(
+                values, mb["values"], mb["returns"], mask, cfg.value_clip_eps
+            )
             self.engine.backward(cfg.value_loss_coef * loss)
             self.engine.step()
             rows.append((loss.item(), float(clip_frac)))

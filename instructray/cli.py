@@ -17,23 +17,27 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a job from a YAML config")
     run.add_argument("config", type=Path, help="job config, e.g. configs/tiny.yaml")
-    run.add_argument("--set", dest="overrides", action="append", default=[],
-                     metavar="KEY=VALUE", help="override a config value, e.g. ppo.iterations=5")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. ppo.iterations=5",
+    )
     run.add_argument("--out", type=Path, default=None, help="run folder (default output.run_dir)")
     check = sub.add_parser("check", help="validate a config and print it resolved")
     check.add_argument("config", type=Path)
-    check.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="KEY=VALUE")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        overrides = list(args.overrides)
+        cfg = load_config(args.config, args.overrides)
         if getattr(args, "out", None) is not None:
-            overrides.append(f"output.run_dir={args.out}")
-        cfg = load_config(args.config, overrides)
+            cfg.output.run_dir = args.out
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -226,11 +226,15 @@ class JobConfig(Section):
         if "rm" in stages and not (task or self.data.preferences):
             raise ValueError("stage 'rm' needs data.preferences (or data.task)")
         if "ppo" in stages and "rm" not in stages and not self.model.reward_checkpoint:
-            raise ValueError("stage 'ppo' needs a reward model: add 'rm' to stages or set "
-                             "model.reward_checkpoint")
+            raise ValueError(
+                "stage 'ppo' needs a reward model: add 'rm' to stages or set "
+                "model.reward_checkpoint"
+            )
         if "dpo" in stages and "rm" not in stages and not self.data.preferences:
-            raise ValueError("stage 'dpo' needs comparisons: add 'rm' to stages (the built-in "
-                             "task labels them there) or set data.preferences")
+            raise ValueError(
+                "stage 'dpo' needs comparisons: add 'rm' to stages (the built-in "
+                "task labels them there) or set data.preferences"
+            )
         return self
 
     def ordered_stages(self) -> list[Stage]:
@@ -290,11 +294,14 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
             loaded = yaml.safe_load(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: cannot read config: {err}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections, got "
-                              f"{type(loaded).__name__}")
+            raise ConfigError(
+                f"{path}: top level must be a mapping of sections, got {type(loaded).__name__}"
+            )
         data = loaded or {}
     return config_from_dict(apply_overrides(data, overrides or []), source)
 

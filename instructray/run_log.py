@@ -74,8 +74,8 @@ class RunLogger:
         summary.steps = max(summary.steps, step)
         if "loss" in metrics:
             if summary.first_loss is None:
-                summary.first_loss = float(metrics["loss"])
-            summary.last_loss = float(metrics["loss"])
+                summary.first_loss = _clean(float(metrics["loss"]))
+            summary.last_loss = _clean(float(metrics["loss"]))
         if self._tb is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
@@ -88,7 +88,7 @@ class RunLogger:
         summary = self.summaries.setdefault(stage, StageSummary(stage=stage))
         summary.wall_time_s = round(time.perf_counter() - self._stage_started.get(stage, 0.0), 2)
         summary.checkpoint = str(checkpoint) if checkpoint else None
-        summary.eval = {k: float(v) for k, v in eval_metrics.items()}
+        summary.eval = {k: _clean(float(v)) for k, v in eval_metrics.items()}
         self.write_summary()
         self.info(
             f"[{stage}] done in {summary.wall_time_s:.1f}s "
@@ -102,7 +102,7 @@ class RunLogger:
             "stages": {name: asdict(s) for name, s in self.summaries.items()},
         }
         tmp = self.summary_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(body, indent=2))
+        tmp.write_text(json.dumps(body, indent=2, allow_nan=False))
         tmp.replace(self.summary_path)
 
     def close(self) -> None:

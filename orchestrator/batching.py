@@ -44,7 +44,7 @@ def _prompt_response(
 ) -> tuple[list[int], list[int]]:
     """(ids, loss_mask) of prompt + response + EOS; the loss covers the response and EOS."""
     p = encode_prompt(tokenizer, prompt, max_prompt)
-    r = (_ids(tokenizer, response) + [tokenizer.eos_token_id])[: max(1, max_len - len(p))]
+    r = [*_ids(tokenizer, response), tokenizer.eos_token_id][: max(1, max_len - len(p))]
     return p + r, [0] * len(p) + [1] * len(r)
 
 
@@ -57,7 +57,7 @@ def lm_batch(
         if isinstance(ex, SFTExample):
             ids, loss = _prompt_response(tokenizer, ex.prompt, ex.response, max_prompt, max_len)
         else:
-            ids = (_ids(tokenizer, ex.text) + [tokenizer.eos_token_id])[:max_len]
+            ids = [*_ids(tokenizer, ex.text), tokenizer.eos_token_id][:max_len]
             loss = [1] * len(ids)
         rows.append(ids)
         masks.append(loss)
@@ -92,9 +92,7 @@ def pair_batch(
     """(prompt, chosen, rejected) triples for DPO."""
     out: Batch = {}
     for side, index in (("chosen", 1), ("rejected", 2)):
-        encoded = [
-            _prompt_response(tokenizer, p[0], p[index], max_prompt, max_len) for p in pairs
-        ]
+        encoded = [_prompt_response(tokenizer, p[0], p[index], max_prompt, max_len) for p in pairs]
         ids, mask = pad_right([e[0] for e in encoded], tokenizer.pad_token_id)
         loss_mask, _ = pad_right([e[1] for e in encoded], 0)
         out |= {f"{side}_ids": ids, f"{side}_mask": mask, f"{side}_loss_mask": loss_mask}
@@ -142,6 +140,8 @@ def split_for_ranks(items: Sequence[T], world_size: int) -> list[list[T]]:
 
 def cycle(items: Sequence[T], seed: int) -> Iterator[T]:
     """Endless shuffled passes (prompts for PPO, texts for the ptx term)."""
+    if not items:
+        raise ValueError("cannot cycle over an empty dataset")
     rng = random.Random(seed)
     while True:
         order = list(range(len(items)))

@@ -26,9 +26,9 @@ from instructray.run_log import RunLogger
 T = TypeVar("T")
 
 
-def split_eval(items: list[T], fraction: float, seed: int, max_eval: int = 512) -> tuple[
-    list[T], list[T]
-]:
+def split_eval(
+    items: list[T], fraction: float, seed: int, max_eval: int = 512
+) -> tuple[list[T], list[T]]:
     """A seeded (train, held-out) split; held-out is ``fraction`` of the items, capped."""
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
@@ -67,6 +67,12 @@ class JobData:
     @cached_property
     def prompts(self) -> list[PromptExample]:
         return self._pick(self.cfg.data.prompts, read_prompts, "prompts")
+
+    def rl_prompts(self, labeled: int) -> list[PromptExample]:
+        """PPO prompts: when the task's prompts also fed the labeler, the ones it did not see."""
+        if self.cfg.data.prompts is None and len(self.prompts) - labeled >= labeled // 2:
+            return self.prompts[labeled:]
+        return self.prompts
 
     def user_preferences(self) -> list[RankedComparison] | None:
         path = self.cfg.data.preferences

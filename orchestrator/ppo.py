@@ -56,8 +56,7 @@ def _shards(batch: Batch, n: int) -> list[Batch]:
 
 def forward_on(group: ActorGroup, method: Callable[[Any], Any], batch: Batch) -> list[Any]:
     """Start ``method(actor)(shard)`` on every rank (collective under ZeRO-3); returns refs."""
-    shards = _shards(batch, group.world_size)
-    return group.submit(lambda actor, rank: method(actor).remote(shards[rank]))
+    return group.map_async(method, _shards(batch, group.world_size))
 
 
 def make_kl_controller(cfg: PPOStageConfig) -> KLController:
@@ -97,8 +96,10 @@ class PPOCoordinator:
         prompts = [next(self.prompts) for _ in range(cfg.rollout_batch_size)]
         ids = prompt_ids(self.tokenizer, prompts, self.max_prompt_tokens)
         rollout = self.roles.rollout.call_rank0(
-            lambda a: a.generate.remote(ids, cfg.sampling, cfg.samples_per_prompt,
-                                        self.seed * 100003 + iteration))
+            lambda a: a.generate.remote(
+                ids, cfg.sampling, cfg.samples_per_prompt, self.seed * 100003 + iteration
+            )
+        )
         group_ids = torch.arange(len(prompts)).repeat_interleave(cfg.samples_per_prompt)
         timings["time_generate"] = clock.lap()
 
@@ -135,8 +136,11 @@ class PPOCoordinator:
         policy_refs = forward_on(roles.policy, lambda a: a.action_logprobs, rollout)
         ref_refs = forward_on(roles.reference, lambda a: a.action_logprobs, rollout)
         score_refs = forward_on(roles.reward, lambda a: a.scores, rollout)
-        value_refs = (forward_on(roles.critic, lambda a: a.action_values, rollout)
-                      if roles.critic is not None else [])
+        value_refs = (
+            forward_on(roles.critic, lambda a: a.action_values, rollout)
+            if roles.critic is not None
+            else []
+        )
         logprobs = torch.cat(wait(policy_refs))
         ref_logprobs = torch.cat(wait(ref_refs))
         scores = torch.cat(wait(score_refs))
@@ -145,17 +149,32 @@ class PPOCoordinator:
         mask = rollout["action_mask"]
         kl = kl_penalty(logprobs, ref_logprobs, cfg.kl.estimator) * mask
         rewards = shape_rewards(scores, kl, mask, self.kl_ctl.value, cfg.reward_clip)
-        advantages, returns = self.estimator(AdvantageInputs(
-            rewards=rewards, values=values, action_mask=mask, scores=scores,
-            group_ids=group_ids, gamma=cfg.gamma, lam=cfg.lam,
-        ))
+        advantages, returns = self.estimator(
+            AdvantageInputs(
+                rewards=rewards,
+                values=values,
+                action_mask=mask,
+                scores=scores,
+                group_ids=group_ids,
+                gamma=cfg.gamma,
+                lam=cfg.lam,
+            )
+        )
         if cfg.whiten_advantages:
             advantages = whiten(advantages, mask)
         return Experience(
-            sequences=rollout["sequences"], attention_mask=rollout["attention_mask"],
-            action_mask=mask, group_ids=group_ids, logprobs=logprobs,
-            ref_logprobs=ref_logprobs, scores=scores, values=values, kl=kl, rewards=rewards,
-            advantages=advantages, returns=returns,
+            sequences=rollout["sequences"],
+            attention_mask=rollout["attention_mask"],
+            action_mask=mask,
+            group_ids=group_ids,
+            logprobs=logprobs,
+            ref_logprobs=ref_logprobs,
+            scores=scores,
+            values=values,
+            kl=kl,
+            rewards=rewards,
+            advantages=advantages,
+            returns=returns,
         )
 
     def _ptx_shards(self, world_size: int) -> list[Batch | None]:
@@ -163,8 +182,10 @@ class PPOCoordinator:
             return [None] * world_size
         texts = [next(self.ptx_texts) for _ in range(self.cfg.ptx_batch_size * world_size)]
         per_rank = self.cfg.ptx_batch_size
-        return [lm_batch(self.tokenizer, texts[r * per_rank : (r + 1) * per_rank], 0,
-                         self.max_seq_len) for r in range(world_size)]
+        return [
+            lm_batch(self.tokenizer, texts[r * per_rank : (r + 1) * per_rank], 0, self.max_seq_len)
+            for r in range(world_size)
+        ]
 
     def learn(self, exp: Experience) -> dict[str, float]:
         """``ppo_epochs`` passes of mini-batch updates; policy and critic train side by side."""
@@ -172,15 +193,17 @@ class PPOCoordinator:
         policy_rows, critic_rows = [], []
         for _ in range(cfg.ppo_epochs):
             for mb in exp.minibatches(cfg.mini_batch_size, self.generator):
-                shards = mb.shard(roles.policy.world_size)
+                inputs = [s.policy_inputs() for s in mb.shard(roles.policy.world_size)]
                 ptx = self._ptx_shards(roles.policy.world_size)
-                policy_refs = roles.policy.submit(lambda a, r: a.train_ppo.remote(
-                    shards[r].policy_inputs(), ptx[r], cfg))
+                policy_refs = roles.policy.submit(
+                    lambda a, r, inputs=inputs, ptx=ptx: a.train_ppo.remote(inputs[r], ptx[r], cfg)
+                )
                 critic_refs = []
                 if roles.critic is not None:
-                    critic_shards = mb.shard(roles.critic.world_size)
-                    critic_refs = roles.critic.submit(lambda a, r: a.train_critic.remote(
-                        critic_shards[r].critic_inputs(), cfg))
+                    critic_inputs = [s.critic_inputs() for s in mb.shard(roles.critic.world_size)]
+                    critic_refs = roles.critic.map_async(
+                        lambda a: a.train_critic, critic_inputs, cfg
+                    )
                 policy_rows += wait(policy_refs)
                 critic_rows += wait(critic_refs)
         rows = policy_rows + critic_rows

@@ -30,13 +30,16 @@ def init_ray(cfg: JobConfig) -> None:
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "PYTHONWARNINGS": "ignore::FutureWarning",
     }
-    if cfg.resources.device == "cpu" or cfg.ray.address is None and cfg.resources.device != "cuda":
+    if cfg.resources.device == "cpu" or (
+        cfg.ray.address is None and cfg.resources.device != "cuda"
+    ):
         env["DS_ACCELERATOR"] = "cpu"
     if cfg.ray.address is not None:
         ray.init(address=cfg.ray.address, runtime_env={"env_vars": env}, log_to_driver=True)
         return
-    roles = [getattr(cfg.resources, r) for r in ("policy", "critic", "reference", "reward",
-                                                   "rollout")]
+    roles = [
+        getattr(cfg.resources, r) for r in ("policy", "critic", "reference", "reward", "rollout")
+    ]
     needed = math.ceil(sum(r.num_cpus * r.actors for r in roles))
     ray.init(
         num_cpus=cfg.ray.num_cpus or max(os.cpu_count() or 1, needed),
@@ -65,18 +68,25 @@ def placement(cfg: JobConfig, role: Role, actors: int | None = None) -> RolePlac
 
 
 def engine_spec(
-    cfg: JobConfig, batch_size: int, micro_batch_size: int, world_size: int, optim: OptimConfig,
+    cfg: JobConfig,
+    batch_size: int,
+    micro_batch_size: int,
+    world_size: int,
+    optim: OptimConfig,
     what: str,
 ) -> EngineSpec:
     """Per-rank micro batch and accumulation steps so one optimizer step sees ``batch_size``."""
     if batch_size % world_size:
-        raise ValueError(f"{what}: batch size {batch_size} is not divisible by the "
-                         f"{world_size} data-parallel ranks")
+        raise ValueError(
+            f"{what}: batch size {batch_size} is not divisible by the "
+            f"{world_size} data-parallel ranks"
+        )
     per_rank = batch_size // world_size
     micro = min(micro_batch_size, per_rank)
     if per_rank % micro:
-        raise ValueError(f"{what}: per-rank batch {per_rank} is not a multiple of the micro "
-                         f"batch {micro}")
+        raise ValueError(
+            f"{what}: per-rank batch {per_rank} is not a multiple of the micro batch {micro}"
+        )
     return EngineSpec(
         micro_batch_size=micro,
         grad_accum_steps=per_rank // micro,
@@ -103,9 +113,7 @@ def start_causal_lm(cfg: JobConfig, role: Role, path: str, spec: EngineSpec | No
     return group
 
 
-def start_value_model(
-    cfg: JobConfig, role: Role, path: str, spec: EngineSpec | None
-) -> ActorGroup:
+def start_value_model(cfg: JobConfig, role: Role, path: str, spec: EngineSpec | None) -> ActorGroup:
     """Reward-model or critic ranks; a causal-LM checkpoint gets a fresh scalar head."""
     group = _start(cfg, ValueModelActor, role, distributed=spec is not None)
     group.call(lambda a, _r: a.load.remote(path, cfg.model.dtype, spec))

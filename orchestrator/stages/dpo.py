@@ -40,26 +40,28 @@ def run(ctx: JobContext) -> Path:
     def encode(part):
         return pair_batch(tokenizer, part, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
 
-    ctx.log.info(f"[dpo] {len(train)} pairs / {len(held_out)} held out, beta {scfg.beta}, "
-                 f"{scfg.loss_type} loss, policy and reference from {init}")
+    ctx.log.info(
+        f"[dpo] {len(train)} pairs / {len(held_out)} held out, beta {scfg.beta}, "
+        f"{scfg.loss_type} loss, policy and reference from {init}"
+    )
     reference = start_causal_lm(cfg, "reference", str(init), spec=None)
     policy = start_causal_lm(cfg, "policy", str(init), spec)
     try:
-        held_batches = [_with_reference(reference, encode(p))
-                        for p in split_for_ranks(held_out, world)]
+        held_batches = [
+            _with_reference(reference, encode(p)) for p in split_for_ranks(held_out, world)
+        ]
 
         def evaluate() -> dict[str, float]:
-            return mean_over_ranks(
-                policy.call(lambda a, r: a.eval_dpo.remote(held_batches[r], scfg)))
+            return mean_over_ranks(policy.map(lambda a: a.eval_dpo, held_batches, scfg))
 
         before = evaluate()
         total = num_batches(len(train), scfg.batch_size, scfg.epochs)
         clock = Stopwatch()
-        for step, batch in enumerate(epoch_batches(train, scfg.batch_size, scfg.epochs,
-                                                   cfg.seed), start=1):
+        for step, batch in enumerate(
+            epoch_batches(train, scfg.batch_size, scfg.epochs, cfg.seed), start=1
+        ):
             shards = [_with_reference(reference, encode(p)) for p in split_for_ranks(batch, world)]
-            metrics = mean_over_ranks(policy.call(lambda a, r: a.train_dpo.remote(shards[r],
-                                                                                   scfg)))
+            metrics = mean_over_ranks(policy.map(lambda a: a.train_dpo, shards, scfg))
             metrics["pairs_per_s"] = scfg.batch_size / max(clock.lap(), 1e-9)
             ctx.log.log("dpo", step, metrics, total)
         after = evaluate()
@@ -67,10 +69,14 @@ def run(ctx: JobContext) -> Path:
     finally:
         policy.shutdown()
         reference.shutdown()
-    ctx.log.end_stage("dpo", checkpoint, {
-        "heldout_margin_before": before["reward_margin"],
-        "heldout_margin": after["reward_margin"],
-        "heldout_accuracy": after["reward_accuracy"],
-        "heldout_loss": after["loss"],
-    })
+    ctx.log.end_stage(
+        "dpo",
+        checkpoint,
+        {
+            "heldout_margin_before": before["reward_margin"],
+            "heldout_margin": after["reward_margin"],
+            "heldout_accuracy": after["reward_accuracy"],
+            "heldout_loss": after["loss"],
+        },
+    )
     return checkpoint

@@ -20,6 +20,9 @@ from instructray.orchestrator.context import JobContext, split_eval
 from instructray.orchestrator.roles import engine_spec, start_rollout, start_value_model
 from instructray.orchestrator.stages.common import Stopwatch, mean_over_ranks, save
 
+LABEL_CHUNK = 128
+"""Prompts per generate call while collecting samples for the labeler."""
+
 
 def _decode_responses(tokenizer, rollout) -> list[str]:
     texts = []
@@ -36,16 +39,23 @@ def label_sft_samples(ctx: JobContext) -> list[RankedComparison]:
     prompts = ctx.data.prompts[: lcfg.num_prompts]
     sft = ctx.sft_model()
     tokenizer = ctx.tokenizer(sft)
-    ctx.log.info(f"[rm] sampling {lcfg.k_min}..{lcfg.k_max} answers for {len(prompts)} prompts "
-                 f"from {sft}")
+    ctx.log.info(
+        f"[rm] sampling {lcfg.k_min}..{lcfg.k_max} answers for {len(prompts)} prompts from {sft}"
+    )
+    sampling = SamplingConfig(temperature=lcfg.temperature, max_new_tokens=lcfg.max_new_tokens)
+    ids = prompt_ids(tokenizer, prompts, cfg.model.max_prompt_tokens)
+    answers: list[str] = []
     rollout = start_rollout(cfg, str(sft))
     try:
-        sampling = SamplingConfig(temperature=lcfg.temperature, max_new_tokens=lcfg.max_new_tokens)
-        ids = prompt_ids(tokenizer, prompts, cfg.model.max_prompt_tokens)
-        out = rollout.call_rank0(lambda a: a.generate.remote(ids, sampling, lcfg.k_max, cfg.seed))
+        for start in range(0, len(ids), LABEL_CHUNK):
+            chunk = ids[start : start + LABEL_CHUNK]
+            out = rollout.call_rank0(
+                lambda a, c=chunk, s=start: a.generate.remote(c, sampling, lcfg.k_max, cfg.seed + s)
+            )
+            answers += _decode_responses(tokenizer, out)
+            ctx.log.info(f"[rm] sampled {min(start + LABEL_CHUNK, len(ids))}/{len(ids)} prompts")
     finally:
         rollout.shutdown()
-    answers = _decode_responses(tokenizer, out)
     rng = random.Random(cfg.seed)
     answer_lists = []
     for i in range(len(prompts)):
@@ -55,9 +65,11 @@ def label_sft_samples(ctx: JobContext) -> list[RankedComparison]:
     comparisons = labeler.rank_many([p.prompt for p in prompts], answer_lists)
     path = ctx.run_dir / "data" / "comparisons.jsonl"
     write_preferences(path, comparisons)
-    ctx.log.info(f"[rm] labeler ranked {len(comparisons)} prompts "
-                 f"({sum(len(c.ranked) for c in comparisons)} answers, agreement with its "
-                 f"noiseless judge {agreement(labeler, comparisons):.3f}) -> {path}")
+    ctx.log.info(
+        f"[rm] labeler ranked {len(comparisons)} prompts "
+        f"({sum(len(c.ranked) for c in comparisons)} answers, agreement with its "
+        f"noiseless judge {agreement(labeler, comparisons):.3f}) -> {path}"
+    )
     return comparisons
 
 
@@ -70,9 +82,11 @@ def comparisons_for(ctx: JobContext) -> list[RankedComparison]:
 def _evaluate(ctx: JobContext, group, tokenizer, comparisons) -> dict[str, float]:
     cfg = ctx.cfg
     parts = split_for_ranks(comparisons, group.world_size)
-    batches = [ranking_batch(tokenizer, p, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
-               for p in parts]
-    results = group.call(lambda a, r: a.eval_rm.remote(batches[r]))
+    batches = [
+        ranking_batch(tokenizer, p, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
+        for p in parts
+    ]
+    results = group.map(lambda a: a.eval_rm, batches)
     return mean_over_ranks(results)
 
 
@@ -87,30 +101,37 @@ def run(ctx: JobContext) -> Path:
     world = cfg.resources.reward.actors
     spec = engine_spec(cfg, scfg.batch_size, scfg.micro_batch_size, world, scfg.optim, "rm")
     n_pairs = sum(len(c.ranked) * (len(c.ranked) - 1) // 2 for c in train)
-    ctx.log.info(f"[rm] {len(train)} rankings ({n_pairs} pairs) / {len(held_out)} held out, "
-                 f"init {init}")
+    ctx.log.info(
+        f"[rm] {len(train)} rankings ({n_pairs} pairs) / {len(held_out)} held out, init {init}"
+    )
     group = start_value_model(cfg, "reward", str(init), spec)
     try:
         before = _evaluate(ctx, group, tokenizer, held_out)
         total = num_batches(len(train), scfg.batch_size, scfg.epochs)
         clock = Stopwatch()
-        for step, batch in enumerate(epoch_batches(train, scfg.batch_size, scfg.epochs,
-                                                   cfg.seed), start=1):
-            shards = [ranking_batch(tokenizer, part, cfg.model.max_prompt_tokens,
-                                    cfg.model.max_seq_len)
-                      for part in split_for_ranks(batch, world)]
-            metrics = mean_over_ranks(group.call(lambda a, r: a.train_rm.remote(shards[r])))
+        for step, batch in enumerate(
+            epoch_batches(train, scfg.batch_size, scfg.epochs, cfg.seed), start=1
+        ):
+            shards = [
+                ranking_batch(tokenizer, part, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
+                for part in split_for_ranks(batch, world)
+            ]
+            metrics = mean_over_ranks(group.map(lambda a: a.train_rm, shards))
             metrics["rankings_per_s"] = scfg.batch_size / max(clock.lap(), 1e-9)
             ctx.log.log("rm", step, metrics, total)
         after = _evaluate(ctx, group, tokenizer, held_out)
         checkpoint = save(ctx, group, "rm")
     finally:
         group.shutdown()
-    ctx.log.end_stage("rm", checkpoint, {
-        "heldout_accuracy_before": before["accuracy"],
-        "heldout_accuracy": after["accuracy"],
-        "heldout_loss": after["loss"],
-        "train_rankings": float(len(train)),
-        "heldout_rankings": float(len(held_out)),
-    })
+    ctx.log.end_stage(
+        "rm",
+        checkpoint,
+        {
+            "heldout_accuracy_before": before["accuracy"],
+            "heldout_accuracy": after["accuracy"],
+            "heldout_loss": after["loss"],
+            "train_rankings": float(len(train)),
+            "heldout_rankings": float(len(held_out)),
+        },
+    )
     return checkpoint

@@ -1,0 +1,61 @@
+"""Tests for instructray.orchestrator.roles.engine_spec: micro batch and accumulation steps."""
+
+from __future__ import annotations
+
+import pytest
+
+from instructray.config import JobConfig, OptimConfig
+from instructray.orchestrator.roles import engine_spec
+from instructray.training.engine import EngineSpec
+
+
+def test_normal_case():
+    optim = OptimConfig(lr=3e-4)
+    spec = engine_spec(JobConfig(), 32, 8, 2, optim, "sft")
+    assert spec == EngineSpec(
+        micro_batch_size=8, grad_accum_steps=2, zero_stage=2, dtype="float32", optim=optim
+    )
+
+
+@pytest.mark.parametrize(
+    ("batch", "micro", "world", "expected_micro", "expected_accum"),
+    [
+        (32, 8, 2, 8, 2),
+        (32, 32, 1, 32, 1),
+        (32, 4, 1, 4, 8),
+        (64, 16, 4, 16, 1),
+        (48, 4, 3, 4, 4),
+        # A micro batch larger than the per-rank batch is clipped to it.
+        (32, 64, 2, 16, 1),
+        (16, 16, 4, 4, 1),
+        (8, 100, 8, 1, 1),
+    ],
+)
+def test_micro_and_accum(batch, micro, world, expected_micro, expected_accum):
+    spec = engine_spec(JobConfig(), batch, micro, world, OptimConfig(), "what")
+    assert (spec.micro_batch_size, spec.grad_accum_steps) == (expected_micro, expected_accum)
+    # One optimizer step sees exactly the requested batch.
+    assert spec.micro_batch_size * spec.grad_accum_steps * world == batch
+
+
+def test_takes_zero_stage_dtype_and_optim_from_arguments():
+    cfg = JobConfig.model_validate({"resources": {"zero_stage": 3}, "model": {"dtype": "bfloat16"}})
+    optim = OptimConfig(lr=1e-3, grad_clip=0.5)
+    spec = engine_spec(cfg, 16, 8, 1, optim, "rm")
+    assert spec.zero_stage == 3
+    assert spec.dtype == "bfloat16"
+    assert spec.optim is optim
+
+
+def test_batch_not_divisible_by_world():
+    with pytest.raises(ValueError) as info:
+        engine_spec(JobConfig(), 30, 8, 4, OptimConfig(), "ppo policy")
+    assert str(info.value) == (
+        "ppo policy: batch size 30 is not divisible by the 4 data-parallel ranks"
+    )
+
+
+def test_per_rank_not_multiple_of_micro():
+    with pytest.raises(ValueError) as info:
+        engine_spec(JobConfig(), 24, 8, 2, OptimConfig(), "dpo")
+    assert str(info.value) == "dpo: per-rank batch 12 is not a multiple of the micro batch 8"
