@@ -69,6 +69,8 @@ class RankActor:
         assert self.model is not None
         model = self.model
         model.config.use_cache = True
+        if state is not None and getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)  # the same tensor as the input embeddings
         save_hf_checkpoint(model, self.tokenizer, out_dir, state_dict=state)
         return out_dir
 

@@ -31,7 +31,7 @@ class HFRolloutActor(RankActor):
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         assert self.model is not None
-        self.model.load_state_dict(state_dict, strict=False)
+        self.model.load_state_dict(state_dict, strict=True)
 
     @torch.no_grad()
     def generate(

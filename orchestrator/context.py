@@ -68,6 +68,21 @@ class JobData:
     def prompts(self) -> list[PromptExample]:
         return self._pick(self.cfg.data.prompts, read_prompts, "prompts")
 
+    def check_files(self, stages: list[str]) -> None:
+        """Read every user data file the stages will need now, so a malformed line fails the
+        job before any actor starts rather than hours into it."""
+        needed = {
+            "pretrain": ("pretrain_texts",),
+            "sft": ("sft_examples",),
+            "ppo": ("prompts",) + (("pretrain_texts",) if self.cfg.ppo.ptx_coef > 0 else ()),
+        }
+        for stage in stages:
+            for name in needed.get(stage, ()):
+                if not getattr(self, name):
+                    raise ValueError(f"stage {stage!r}: the {name.replace('_', ' ')} are empty")
+        if {"rm", "dpo"} & set(stages):
+            self.user_preferences()
+
     def rl_prompts(self, labeled: int) -> list[PromptExample]:
         """PPO prompts: when the task's prompts also fed the labeler, the ones it did not see."""
         if self.cfg.data.prompts is None and len(self.prompts) - labeled >= labeled // 2:

@@ -36,8 +36,10 @@ def run_job(cfg: JobConfig, run_dir: Path | None = None) -> JobContext:
         log.info(f"job {cfg.name!r}: stages {' → '.join(cfg.ordered_stages())}, run dir {run_dir}")
         base = resolve_base_model(cfg.model.base, Path(cache))
         log.info(f"base model {cfg.model.base!r} at {base}")
+        data = JobData(cfg)
+        data.check_files(cfg.ordered_stages())
         init_ray(cfg)
-        ctx = JobContext(cfg=cfg, run_dir=run_dir, log=log, base_model=base, data=JobData(cfg))
+        ctx = JobContext(cfg=cfg, run_dir=run_dir, log=log, base_model=base, data=data)
         for stage in cfg.ordered_stages():
             log.start_stage(stage)
             ctx.checkpoints[stage] = STAGES[stage](ctx)

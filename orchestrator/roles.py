@@ -30,12 +30,11 @@ def init_ray(cfg: JobConfig) -> None:
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "PYTHONWARNINGS": "ignore::FutureWarning",
     }
-    if cfg.resources.device == "cpu" or (
-        cfg.ray.address is None and cfg.resources.device != "cuda"
-    ):
-        env["DS_ACCELERATOR"] = "cpu"
-    if cfg.ray.address is not None:
-        ray.init(address=cfg.ray.address, runtime_env={"env_vars": env}, log_to_driver=True)
+    # Inside `ray job submit` Ray sets RAY_ADDRESS: join that cluster instead of starting one.
+    # (DS_ACCELERATOR is set per actor by `placement`, which knows whether it got a GPU.)
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address is not None:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
         return
     roles = [
         getattr(cfg.resources, r) for r in ("policy", "critic", "reference", "reward", "rollout")

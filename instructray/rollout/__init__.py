@@ -1,0 +1,1 @@
+"""Rollout-engine pieces that run inside the engine's own worker processes."""

@@ -1,0 +1,32 @@
+"""Bad input fails a job early and clearly, before any actor starts, and is recorded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from instructray.config import load_config
+from instructray.data import DataFormatError
+from instructray.orchestrator.pipeline import run_job
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_malformed_user_data_fails_before_ray_starts(tmp_path: Path) -> None:
+    import ray
+
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [
+        "stages=[sft]", "data.task=null", f"data.sft={sft}",
+        f"output.run_dir={tmp_path / 'run'}", "output.tensorboard=false",
+        f"output.cache_dir={tmp_path / 'cache'}",
+    ])
+    with pytest.raises(DataFormatError) as err:
+        run_job(cfg)
+    assert err.value.line == 2 and "response" in str(err.value) and str(sft) in str(err.value)
+    assert not ray.is_initialized()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "line 2" in summary["error"]
