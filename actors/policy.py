@@ -133,7 +133,12 @@ class CausalLMActor(RankActor):
                 self.model, mb["sequences"], mb["attention_mask"], mask.shape[1]
             )
             pg_loss, clip_frac, approx_kl = policy_loss_clipped(
-                logps, mb["logprobs"], mb["advantages"], mask, cfg.clip_eps
+                logps,
+                mb["logprobs"],
+                mb["advantages"],
+                mask,
+                cfg.clip_eps,
+                token_weights=mb.get("is_weights"),
             )
             entropy = entropy_bonus(entropy_from_logits(logits), mask)
             loss = pg_loss - cfg.entropy_coef * entropy

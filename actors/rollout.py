@@ -5,6 +5,8 @@ coordinator does not care which backend produced a batch."""
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from instructray.actors.base import RankActor
@@ -29,9 +31,21 @@ class HFRolloutActor(RankActor):
         self.load_tokenizer(path)
         self._attach(load_causal_lm(path, torch_dtype(dtype)), spec=None)
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> dict[str, float]:
         assert self.model is not None
+        start = time.perf_counter()
         self.model.load_state_dict(state_dict, strict=True)
+        nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
+        return {"sync_seconds": time.perf_counter() - start, "sync_bytes": float(nbytes)}
+
+    def sleep(self) -> None:
+        """Free the device for colocated trainers (weights parked in host memory)."""
+        assert self.model is not None
+        self.model.to("cpu")
+
+    def wake_up(self) -> None:
+        assert self.model is not None
+        self.model.to(self.device)
 
     @torch.no_grad()
     def generate(

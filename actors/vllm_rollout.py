@@ -44,14 +44,19 @@ class VLLMRolloutActor(RankActor):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(
-            n=n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_new_tokens,
-            seed=seed,
-            logprobs=0,
-        )
+        # One seed range per prompt: vLLM seeds the n samples of a request seed, seed+1, ...,
+        # so a shared seed would give every prompt the same random draws.
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                seed=seed * 1_000_003 + i * n,
+                logprobs=0,
+            )
+            for i in range(len(prompts))
+        ]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
         )
@@ -99,6 +104,14 @@ class VLLMRolloutActor(RankActor):
         seconds = time.perf_counter() - start
         total = sum(tensor_bytes(t) for t in state_dict.values())
         return {"sync_seconds": seconds, "sync_bytes": float(total), "sync_buckets": len(buckets)}
+
+    def sleep(self) -> None:
+        """Release weights and KV cache from the GPU while colocated trainers run (level 1
+        keeps a host copy of the weights). vLLM on CPU ignores sleep mode."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
 
     def engine_info(self) -> dict[str, Any]:
         return {"backend": "vllm", "model": self.llm.llm_engine.model_config.model}

@@ -115,6 +115,27 @@ class SamplingConfig(Section):
     max_new_tokens: PositiveInt = 24
 
 
+class RolloutConfig(Section):
+    """The engine that generates responses (PPO rollouts and the labeler's samples)."""
+
+    backend: Literal["vllm", "hf"] = Field(
+        "vllm", description="vllm (default) or hf: transformers generate(), the fallback."
+    )
+    num_engines: PositiveInt = Field(1, description="Data-parallel engines, one actor each.")
+    tensor_parallel_size: PositiveInt = 1
+    max_model_len: PositiveInt | None = Field(None, description="Default: the model's own.")
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.3
+    cpu_kv_cache_gib: PositiveFloat = Field(1.0, description="KV cache of vLLM on CPU.")
+    enforce_eager: bool = True
+    seed: int = 0
+    sync_bucket_mb: PositiveInt = Field(256, description="Weight-sync bucket size.")
+    colocate: bool = Field(
+        False,
+        description="Share devices: policy, reference and engine on one GPU, the engine "
+        "sleeping (weights and KV cache released) while the trainers run.",
+    )
+
+
 class PPOStageConfig(Section):
     iterations: PositiveInt = 20
     rollout_batch_size: PositiveInt = 32
@@ -134,6 +155,17 @@ class PPOStageConfig(Section):
     ptx_coef: Annotated[float, Field(ge=0)] = 0.0
     ptx_batch_size: PositiveInt = 8
     reward_clip: PositiveFloat | None = 10.0
+    tis_cap: PositiveFloat | None = Field(
+        None,
+        description="Truncated importance sampling: weight each token's policy loss by "
+        "min(π_old/π_engine, tis_cap) to correct the engine/trainer log-prob mismatch.",
+    )
+    async_queue: Annotated[int, Field(ge=0, le=4)] = Field(
+        0,
+        description="Rollout batches generated ahead while the trainers update (0 = "
+        "synchronous; 1 = batch k+1 is generated during training on batch k, one step "
+        "off-policy).",
+    )
     kl: KLConfig = KLConfig()
     policy_optim: OptimConfig = OptimConfig(lr=2e-5)
     critic_optim: OptimConfig = OptimConfig(lr=5e-5)
@@ -200,6 +232,7 @@ class JobConfig(Section):
     ppo: PPOStageConfig = PPOStageConfig()
     dpo: DPOStageConfig = DPOStageConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    rollout: RolloutConfig = RolloutConfig()
     ray: RayConfig = RayConfig()
     output: OutputConfig = OutputConfig()
 
@@ -229,6 +262,21 @@ class JobConfig(Section):
             raise ValueError(
                 "stage 'ppo' needs a reward model: add 'rm' to stages or set "
                 "model.reward_checkpoint"
+            )
+        if self.ppo.async_queue and self.rollout.colocate:
+            raise ValueError(
+                "ppo.async_queue needs the engine on its own device: it cannot "
+                "overlap generation with training when rollout.colocate is true"
+            )
+        if self.ppo.rollout_batch_size < self.rollout.num_engines:
+            raise ValueError(
+                f"ppo.rollout_batch_size ({self.ppo.rollout_batch_size}) is smaller "
+                f"than rollout.num_engines ({self.rollout.num_engines})"
+            )
+        if self.ppo.tis_cap is not None and self.rollout.backend != "vllm":
+            raise ValueError(
+                "ppo.tis_cap needs the engine's own log-probs: set rollout.backend "
+                "to vllm or remove ppo.tis_cap"
             )
         if "dpo" in stages and "rm" not in stages and not self.data.preferences:
             raise ValueError(

@@ -42,6 +42,13 @@ class Experience:
     """[B, R] advantage estimates (whitened over valid tokens when configured)."""
     returns: torch.Tensor
     """[B, R] value targets for the critic (advantages + values for GAE)."""
+    # -- off-policy correction (vLLM engine only) -------------------------------------------
+    rollout_logprobs: torch.Tensor | None = None
+    """[B, R] the engine's own log-probs of the tokens it sampled (other kernels; in async
+    mode also weights one step older than the policy's)."""
+    is_weights: torch.Tensor | None = None
+    """[B, R] truncated importance weights min(π_old / π_engine, cap) applied to the policy
+    loss when ``ppo.tis_cap`` is set."""
 
     @property
     def num_actions(self) -> int:
@@ -71,13 +78,16 @@ class Experience:
         ]
 
     def policy_inputs(self) -> dict[str, torch.Tensor]:
-        return {
+        inputs = {
             "sequences": self.sequences,
             "attention_mask": self.attention_mask,
             "action_mask": self.action_mask,
             "logprobs": self.logprobs,
             "advantages": self.advantages,
         }
+        if self.is_weights is not None:
+            inputs["is_weights"] = self.is_weights
+        return inputs
 
     def critic_inputs(self) -> dict[str, torch.Tensor]:
         assert self.values is not None
@@ -88,3 +98,25 @@ class Experience:
             "values": self.values,
             "returns": self.returns,
         }
+
+
+def merge_rollouts(batches: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Concatenate rollout batches from several engines, re-padding prompts on the left and
+    responses on the right to common widths."""
+    if len(batches) == 1:
+        return batches[0]
+    prompt_width = max(b["sequences"].shape[1] - b["action_mask"].shape[1] for b in batches)
+    resp_width = max(b["action_mask"].shape[1] for b in batches)
+    merged: dict[str, list[torch.Tensor]] = {k: [] for k in batches[0]}
+    for b in batches:
+        p = b["sequences"].shape[1] - b["action_mask"].shape[1]
+        r = b["action_mask"].shape[1]
+        left, right = prompt_width - p, resp_width - r
+        for key, value in b.items():
+            if key in ("sequences", "attention_mask"):
+                fill = pad_id if key == "sequences" else 0
+                value = torch.nn.functional.pad(value, (left, right), value=fill)
+            else:
+                value = torch.nn.functional.pad(value, (0, right), value=0)
+            merged[key].append(value)
+    return {k: torch.cat(v) for k, v in merged.items()}

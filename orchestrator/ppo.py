@@ -5,6 +5,7 @@ cheap per-token arithmetic (KL, reward shaping, advantages) on the driver."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import fmean
@@ -18,17 +19,19 @@ from instructray.algorithms import (
     AdvantageInputs,
     FixedKLController,
     KLController,
+    engine_mismatch,
     get_advantage_estimator,
     kl_penalty,
     masked_mean,
     masked_sum,
     shape_rewards,
+    truncated_is_weights,
     whiten,
 )
-from instructray.config import PPOStageConfig
+from instructray.config import PPOStageConfig, RolloutConfig
 from instructray.data import PromptExample, TextExample
 from instructray.orchestrator.batching import cycle, lm_batch, prompt_ids
-from instructray.orchestrator.experience import Experience
+from instructray.orchestrator.experience import Experience, merge_rollouts
 from instructray.orchestrator.stages.common import Stopwatch
 
 Batch = dict[str, torch.Tensor]
@@ -69,6 +72,7 @@ class PPOCoordinator:
     def __init__(
         self,
         cfg: PPOStageConfig,
+        rollout_cfg: RolloutConfig,
         roles: PPORoles,
         tokenizer: Any,
         prompts: Sequence[PromptExample],
@@ -78,6 +82,7 @@ class PPOCoordinator:
         seed: int,
     ):
         self.cfg = cfg
+        self.colocate = rollout_cfg.colocate
         self.roles = roles
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
@@ -88,19 +93,14 @@ class PPOCoordinator:
         self.prompts = cycle(prompts, seed)
         self.ptx_texts = cycle(ptx_texts, seed + 1) if cfg.ptx_coef > 0 and ptx_texts else None
         self.generator = torch.Generator().manual_seed(seed)
+        self.pending: deque[tuple[list[Any], torch.Tensor]] = deque()
+        """Rollout batches already being generated (async mode), oldest first."""
 
     # -- one iteration ------------------------------------------------------------------------
     def train_step(self, iteration: int) -> dict[str, float]:
-        cfg, clock, timings = self.cfg, Stopwatch(), {}
+        clock, timings = Stopwatch(), {}
 
-        prompts = [next(self.prompts) for _ in range(cfg.rollout_batch_size)]
-        ids = prompt_ids(self.tokenizer, prompts, self.max_prompt_tokens)
-        rollout = self.roles.rollout.call_rank0(
-            lambda a: a.generate.remote(
-                ids, cfg.sampling, cfg.samples_per_prompt, self.seed * 100003 + iteration
-            )
-        )
-        group_ids = torch.arange(len(prompts)).repeat_interleave(cfg.samples_per_prompt)
+        rollout, group_ids = self.next_rollout(iteration)
         timings["time_generate"] = clock.lap()
 
         exp = self.make_experience(rollout, group_ids)
@@ -109,7 +109,7 @@ class PPOCoordinator:
         train_metrics = self.learn(exp)
         timings["time_train"] = clock.lap()
 
-        self.sync_weights()
+        sync_info = self.sync_weights()
         timings["time_sync"] = clock.lap()
 
         mask = exp.action_mask
@@ -123,13 +123,48 @@ class PPOCoordinator:
             "response_length": mask.sum(-1).float().mean().item(),
             "return_mean": masked_mean(exp.returns, mask).item(),
             **train_metrics,
+            **sync_info,
             **timings,
         }
         metrics["tokens_per_s"] = mask.sum().item() / max(timings["time_generate"], 1e-9)
+        if exp.rollout_logprobs is not None:
+            metrics |= engine_mismatch(exp.logprobs, exp.rollout_logprobs, mask)
+        if exp.is_weights is not None:
+            metrics["is_weight_mean"] = masked_mean(exp.is_weights, mask).item()
         self.kl_ctl.update(metrics["kl"], n_steps=len(exp))
         return metrics
 
     # -- the pieces ---------------------------------------------------------------------------
+    def launch_generation(self, iteration: int) -> tuple[list[Any], torch.Tensor]:
+        """Start sampling the next prompts on every engine (prompts split between engines)."""
+        cfg, engines = self.cfg, self.roles.rollout
+        prompts = [next(self.prompts) for _ in range(cfg.rollout_batch_size)]
+        ids = prompt_ids(self.tokenizer, prompts, self.max_prompt_tokens)
+        per_engine = -(-len(ids) // engines.world_size)
+        chunks = [ids[i : i + per_engine] for i in range(0, len(ids), per_engine)]
+        refs = engines.map_async(
+            lambda a: a.generate,
+            chunks,
+            cfg.sampling,
+            cfg.samples_per_prompt,
+            self.seed * 100003 + iteration,
+        )
+        group_ids = torch.arange(len(prompts)).repeat_interleave(cfg.samples_per_prompt)
+        return refs, group_ids
+
+    def next_rollout(self, iteration: int) -> tuple[Batch, torch.Tensor]:
+        """This iteration's rollouts. In async mode up to ``async_queue`` later batches are
+        already being generated (with the weights of their launch time) while we train."""
+        if not self.pending:
+            self.pending.append(self.launch_generation(iteration))
+        refs, group_ids = self.pending.popleft()
+        while len(self.pending) < self.cfg.async_queue:
+            self.pending.append(self.launch_generation(iteration + 1 + len(self.pending)))
+        rollout = merge_rollouts(wait(refs), self.tokenizer.pad_token_id)
+        if self.colocate:
+            self.roles.rollout.call(lambda a, _r: a.sleep.remote())
+        return rollout, group_ids
+
     def make_experience(self, rollout: Batch, group_ids: torch.Tensor) -> Experience:
         """Score the rollouts on every model at once, then shape rewards and advantages."""
         roles, cfg = self.roles, self.cfg
@@ -162,6 +197,10 @@ class PPOCoordinator:
         )
         if cfg.whiten_advantages:
             advantages = whiten(advantages, mask)
+        engine_logprobs = rollout.get("rollout_logprobs")
+        is_weights = None
+        if cfg.tis_cap is not None and engine_logprobs is not None:
+            is_weights = truncated_is_weights(logprobs, engine_logprobs, mask, cfg.tis_cap)
         return Experience(
             sequences=rollout["sequences"],
             attention_mask=rollout["attention_mask"],
@@ -175,6 +214,8 @@ class PPOCoordinator:
             rewards=rewards,
             advantages=advantages,
             returns=returns,
+            rollout_logprobs=engine_logprobs,
+            is_weights=is_weights,
         )
 
     def _ptx_shards(self, world_size: int) -> list[Batch | None]:
@@ -210,8 +251,12 @@ class PPOCoordinator:
         keys = {k for row in rows for k in row}
         return {k: fmean(row[k] for row in rows if k in row) for k in sorted(keys)}
 
-    def sync_weights(self) -> None:
-        """Make the updated policy the one that generates (through Ray's object store)."""
+    def sync_weights(self) -> dict[str, float]:
+        """Make the updated policy the one that generates: rank 0's gathered weights go through
+        Ray's object store to every engine (which may first wake up, when colocated)."""
         state_refs = self.roles.policy.submit(lambda a, _r: a.state_dict.remote())
-        self.roles.rollout.call(lambda a, _r: a.load_weights.remote(state_refs[0]))
+        if self.colocate:
+            self.roles.rollout.call(lambda a, _r: a.wake_up.remote())
+        infos = self.roles.rollout.call(lambda a, _r: a.load_weights.remote(state_refs[0]))
         wait(state_refs)
+        return infos[0] or {}

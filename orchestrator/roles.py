@@ -17,6 +17,7 @@ from instructray.training.engine import EngineSpec
 
 Role = Literal["policy", "critic", "reference", "reward", "rollout"]
 DISTRIBUTED_ROLES = {"policy", "critic"}
+COLOCATED_ROLES = ("policy", "reference", "rollout")
 
 
 def init_ray(cfg: JobConfig) -> None:
@@ -54,15 +55,22 @@ def uses_gpu(cfg: JobConfig) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def placement(cfg: JobConfig, role: Role, actors: int | None = None) -> RolePlacement:
+def placement(cfg: JobConfig, role: Role) -> RolePlacement:
     res = getattr(cfg.resources, role)
-    env = {} if uses_gpu(cfg) else {"DS_ACCELERATOR": "cpu"}
+    gpu = uses_gpu(cfg)
+    env = {} if gpu else {"DS_ACCELERATOR": "cpu"}
+    actors = res.actors if role in DISTRIBUTED_ROLES else 1
+    num_gpus = res.num_gpus if gpu else 0.0
+    if role == "rollout":
+        actors = cfg.rollout.num_engines
+        num_gpus *= cfg.rollout.tensor_parallel_size
+        if not gpu:
+            env["VLLM_CPU_KVCACHE_SPACE"] = f"{cfg.rollout.cpu_kv_cache_gib:g}"
+    if gpu and cfg.rollout.colocate and role in COLOCATED_ROLES:
+        # Policy, reference and engine share each GPU; the engine sleeps while others run.
+        num_gpus = 1.0 / len(COLOCATED_ROLES)
     return RolePlacement(
-        name=role,
-        actors=actors or (res.actors if role in DISTRIBUTED_ROLES else 1),
-        num_cpus=res.num_cpus,
-        num_gpus=res.num_gpus if uses_gpu(cfg) else 0.0,
-        env_vars=env,
+        name=role, actors=actors, num_cpus=res.num_cpus, num_gpus=num_gpus, env_vars=env
     )
 
 
@@ -120,6 +128,14 @@ def start_value_model(cfg: JobConfig, role: Role, path: str, spec: EngineSpec | 
 
 
 def start_rollout(cfg: JobConfig, path: str) -> ActorGroup:
-    group = _start(cfg, HFRolloutActor, "rollout", distributed=False)
-    group.call(lambda a, _r: a.load.remote(path, cfg.model.dtype))
+    """``rollout.num_engines`` engines (vLLM, or the HF generate() fallback), each a full copy."""
+    if cfg.rollout.backend == "hf":
+        group = _start(cfg, HFRolloutActor, "rollout", distributed=False)
+        group.call(lambda a, _r: a.load.remote(path, cfg.model.dtype))
+        return group
+    from instructray.actors.vllm_rollout import VLLMRolloutActor
+
+    engine = cfg.rollout.model_copy(update={"seed": cfg.seed})
+    group = _start(cfg, VLLMRolloutActor, "rollout", distributed=False)
+    group.call(lambda a, _r: a.load.remote(path, cfg.model.dtype, engine))
     return group

@@ -34,6 +34,7 @@ from instructray.algorithms.losses import (
     value_loss_clipped,
 )
 from instructray.algorithms.masked import masked_mean, masked_sum, masked_var, whiten
+from instructray.algorithms.offpolicy import engine_mismatch, truncated_is_weights
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -46,6 +47,7 @@ __all__ = [
     "KLEstimator",
     "compute_gae",
     "dpo_loss",
+    "engine_mismatch",
     "entropy_bonus",
     "entropy_from_logits",
     "gae_estimator",
@@ -62,6 +64,7 @@ __all__ = [
     "response_logprobs",
     "sft_loss",
     "shape_rewards",
+    "truncated_is_weights",
     "value_loss_clipped",
     "whiten",
 ]

@@ -59,12 +59,15 @@ def policy_loss_clipped(
     action_mask: Tensor,
     clip_eps: float,
     clip_eps_high: float | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """PPO clipped surrogate, token-level masked mean: returns (loss, clip_fraction, approx_kl).
 
     The ratio is clipped to [1 - clip_eps, 1 + clip_eps_high] (clip_eps_high defaults to
     clip_eps); clip_fraction counts valid tokens where the clipped term was the larger loss.
     approx_kl is the masked mean of 0.5 * (log pi - log pi_old)^2, without gradient.
+    ``token_weights`` (no gradient) scale each token's loss, e.g. truncated importance weights
+    π_old/π_engine that correct for the rollout engine sampling from slightly other numbers.
     """
     high = clip_eps if clip_eps_high is None else clip_eps_high
     mask = action_mask.bool()
@@ -73,7 +76,10 @@ def policy_loss_clipped(
     ratio = log_ratio.clamp(max=_MAX_LOG_RATIO).exp()
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + high)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token = torch.maximum(unclipped, clipped)
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach()
+    loss = masked_mean(per_token, mask)
     with torch.no_grad():
         clip_fraction = masked_mean((clipped > unclipped).float(), mask)
         approx_kl = masked_mean(0.5 * log_ratio.square(), mask)

@@ -66,6 +66,7 @@ def run(ctx: JobContext) -> Path:
     try:
         coordinator = PPOCoordinator(
             scfg,
+            cfg.rollout,
             roles,
             ctx.tokenizer(sft),
             ctx.data.rl_prompts(cfg.rm.labeler.num_prompts),

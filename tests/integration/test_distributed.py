@@ -68,6 +68,7 @@ def test_ppo_with_two_policy_ranks_under_zero3(tiny_run: Path, tmp_path: Path) -
                 "resources.policy.actors=2",
                 "resources.zero_stage=3",
                 "ppo.iterations=3",
+                "rollout.backend=hf",  # keeps the HF generate() fallback covered
             ],
         )
     )

@@ -19,11 +19,17 @@ def test_malformed_user_data_fails_before_ray_starts(tmp_path: Path) -> None:
 
     sft = tmp_path / "sft.jsonl"
     sft.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [
-        "stages=[sft]", "data.task=null", f"data.sft={sft}",
-        f"output.run_dir={tmp_path / 'run'}", "output.tensorboard=false",
-        f"output.cache_dir={tmp_path / 'cache'}",
-    ])
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            "stages=[sft]",
+            "data.task=null",
+            f"data.sft={sft}",
+            f"output.run_dir={tmp_path / 'run'}",
+            "output.tensorboard=false",
+            f"output.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
     with pytest.raises(DataFormatError) as err:
         run_job(cfg)
     assert err.value.line == 2 and "response" in str(err.value) and str(sft) in str(err.value)

@@ -1,0 +1,5 @@
+"""``python -m instructray.api``: serve the job service with uvicorn."""
+
+from instructray.api.app import main
+
+main()

@@ -1,0 +1,235 @@
+"""The HTTP endpoints. Handlers stay thin: JobService (jobs.py) holds the logic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
+from sqlalchemy import text
+
+from instructray.api.db import TERMINAL
+from instructray.api.jobs import JobService
+from instructray.api.ray_jobs import RayUnavailable
+from instructray.api.schemas import (
+    Accepted,
+    ErrorBody,
+    Health,
+    JobCreate,
+    JobDetail,
+    JobList,
+    MetricsPage,
+    Status,
+)
+from instructray.api.security import bearer_scheme, require_token
+
+router = APIRouter()
+MUTATING = [Depends(bearer_scheme), Depends(require_token)]
+ERRORS = {
+    400: {"model": ErrorBody, "description": "Malformed JSON"},
+    401: {"model": ErrorBody, "description": "Missing or malformed bearer token"},
+    403: {"model": ErrorBody, "description": "Wrong token, or a path outside the allowed roots"},
+    404: {"model": ErrorBody, "description": "Unknown job id"},
+    413: {"model": ErrorBody, "description": "Body over the size limit"},
+    422: {"model": ErrorBody, "description": "Invalid request or config; names each bad field"},
+}
+
+
+def _service(request: Request) -> JobService:
+    return request.app.state.service
+
+
+Service = Annotated[JobService, Depends(_service)]
+
+
+def _links(job_id: str) -> dict[str, str]:
+    base = f"/jobs/{job_id}"
+    return {
+        "self": base,
+        "metrics": f"{base}/metrics",
+        "logs": f"{base}/logs",
+        "cancel": f"{base}/cancel",
+    }
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=Accepted,
+    dependencies=MUTATING,
+    responses={k: v for k, v in ERRORS.items() if k != 404},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": JobCreate.model_json_schema()}},
+        }
+    },
+    summary="Submit a job (validated config + name); it runs on Ray",
+)
+async def submit_job(request: Request, response: Response, service: Service) -> Accepted:
+    # The body is parsed here, after the token check, so an unauthenticated request is a 401
+    # whatever its body, and malformed JSON is a 400 rather than a validation error.
+    raw = await request.body()
+    try:
+        payload = json.loads(raw)
+    except ValueError as err:
+        raise HTTPException(400, f"malformed JSON body: {err}") from None
+    try:
+        req = JobCreate.model_validate(payload)
+    except ValidationError as err:
+        errors = err.errors(include_url=False)
+        for e in errors:
+            e["loc"] = ("body", *e["loc"])
+        raise RequestValidationError(errors) from None
+    rec = await run_in_threadpool(service.create, req)
+    response.headers["Location"] = f"/jobs/{rec.id}"
+    return Accepted(id=rec.id, status=rec.status, links=_links(rec.id))
+
+
+@router.get("/jobs", response_model=JobList, summary="List jobs, newest first")
+def list_jobs(
+    service: Service,
+    status: Annotated[list[Status] | None, Query(description="Repeat to match several")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobList:
+    rows, total = service.list(list(status) if status else None, limit, offset)
+    items = [service.summary_view(r) for r in rows]
+    return JobList.model_validate(
+        {"items": items, "total": total, "limit": limit, "offset": offset}
+    )
+
+
+@router.get("/jobs/{job_id}", response_model=JobDetail, responses={404: ERRORS[404]})
+def get_job(job_id: str, service: Service) -> JobDetail:
+    """Status, current stage and step, latest metrics, error if failed, artifact paths."""
+    return JobDetail.model_validate(service.detail_view(service.get(job_id)))
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=MetricsPage, responses={404: ERRORS[404]})
+def get_metrics(
+    job_id: str,
+    service: Service,
+    since: Annotated[int, Query(ge=0, description="Row cursor: `next` of the last page")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 5_000,
+) -> MetricsPage:
+    """The metrics.jsonl time series, one row per logged step; incremental with ?since=."""
+    rec = service.get(job_id)
+    rows, nxt = service.reader.read(Path(rec.run_dir), since, limit)
+    return MetricsPage(job_id=job_id, rows=rows, since=since, next=nxt, status=rec.status)
+
+
+def _sse(data: str, event: str | None = None) -> str:
+    lines = "".join(f"data: {line}\n" for line in data.split("\n"))
+    return (f"event: {event}\n" if event else "") + lines + "\n"
+
+
+@router.get(
+    "/jobs/{job_id}/logs",
+    responses={
+        404: ERRORS[404],
+        200: {"content": {"text/event-stream": {}, "text/plain": {}}},
+    },
+)
+async def get_logs(
+    job_id: str,
+    request: Request,
+    service: Service,
+    follow: bool = True,
+    tail: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+) -> Response:
+    """The driver's log from Ray. ``follow=true`` (default): Server-Sent Events, one `data:`
+    line per log line, until the job ends (then an `end` event); ``follow=false``: plain text."""
+    await run_in_threadpool(service.get, job_id)
+    if not follow:
+        out = await run_in_threadpool(service.logs, job_id)
+        if tail:
+            out = "\n".join(out.splitlines()[-tail:])
+        return PlainTextResponse(out)
+
+    interval = service.settings.poll_interval_s
+
+    async def events() -> AsyncIterator[str]:
+        sent, first, idle = 0, True, 0.0
+        yield "retry: 2000\n\n"
+        while not await request.is_disconnected():
+            rec = await run_in_threadpool(service.get, job_id)
+            done = rec.status in TERMINAL
+            try:
+                out = await run_in_threadpool(service.logs, job_id)
+            except RayUnavailable as err:
+                yield _sse(str(err), "warning")
+                await asyncio.sleep(max(interval, 2.0))
+                continue
+            if len(out) < sent:
+                sent = 0
+            new = out[sent:]
+            if not done:  # hold back a partly written last line
+                new = new[: new.rfind("\n") + 1]
+            sent += len(new)
+            lines = new.splitlines()
+            if first and tail:
+                lines = lines[-tail:]
+            first = False
+            for line in lines:
+                yield _sse(line)
+            if done:
+                yield _sse(rec.status, "end")
+                return
+            idle = 0.0 if lines else idle + interval
+            if idle >= 15:
+                yield ": keep-alive\n\n"
+                idle = 0.0
+            await asyncio.sleep(interval)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    status_code=202,
+    response_model=Accepted,
+    dependencies=MUTATING,
+    responses={**{k: ERRORS[k] for k in (401, 403, 404)}, 409: {"model": ErrorBody}},
+)
+def cancel_job(job_id: str, service: Service) -> Accepted:
+    """Ask Ray to stop the job; it turns `cancelled` once Ray reports it stopped."""
+    rec = service.request_cancel(job_id)
+    return Accepted(id=rec.id, status=rec.status, cancel_requested=True, links=_links(rec.id))
+
+
+@router.get("/presets", summary="Preset names usable as {'preset': NAME}")
+def presets(service: Service) -> dict[str, list[str]]:
+    return {"presets": service.presets()}
+
+
+@router.get("/healthz", response_model=Health, responses={503: {"model": ErrorBody}})
+def healthz(service: Service) -> Health:
+    try:
+        with service.db.session() as s:
+            s.execute(text("SELECT 1"))
+    except Exception as err:
+        raise HTTPException(503, f"database unavailable: {type(err).__name__}: {err}") from None
+    if service.ray_error:
+        ray = f"unreachable: {service.ray_error}"
+    else:
+        ray = "ok" if service.ray_ok_at else "not contacted yet"
+    return Health(status="ok", database="ok", ray=ray, ray_address=service.settings.ray_address)
+
+
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+def prometheus_metrics(request: Request) -> Response:
+    body = request.app.state.telemetry.render()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

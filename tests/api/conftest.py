@@ -1,0 +1,72 @@
+"""Fixtures of the job-service tests: a real SQLite file and a real uvicorn on 127.0.0.1 for
+every test; for the e2e tests also a real local Ray cluster (one for the whole package)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from instructray.api.app import create_app
+from instructray.api.settings import Settings
+from tests.api.fake_ray import FakeRayJobs
+from tests.api.helpers import REPO, RayCluster, serve_in_thread
+
+TOKEN = "test-token-5f2b9c"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    (tmp_path / "data").mkdir()
+    return Settings(
+        runs_root=tmp_path / "runs",
+        configs_root=REPO / "configs",
+        data_roots=[tmp_path / "data"],
+        token=TOKEN,
+        poll_interval_s=0.05,
+        ray_address="http://fake-ray:8265",
+    )
+
+
+@pytest.fixture
+def fake_ray() -> FakeRayJobs:
+    return FakeRayJobs()
+
+
+@pytest.fixture
+def client(settings: Settings, fake_ray: FakeRayJobs) -> Iterator[httpx.Client]:
+    """The API on a real uvicorn (in a thread), against the in-memory Ray stand-in."""
+    with (
+        serve_in_thread(create_app(settings, ray=fake_ray)) as url,
+        httpx.Client(base_url=url, timeout=15) as http,
+    ):
+        yield http
+
+
+def db_rows(settings: Settings) -> list[tuple]:
+    """Every job row, read straight from the SQLite file (not through the service)."""
+    path = settings.db_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+
+
+@pytest.fixture(scope="package")
+def ray_jobs_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    """A real local Ray (dashboard + Jobs API) for the e2e tests of this package."""
+    base = tmp_path_factory.mktemp("ray")
+    # Ray's Unix socket paths (temp dir + session name + socket) must stay under 107 bytes.
+    temp = base if len(str(base)) <= 40 else Path(tempfile.mkdtemp(prefix="irray-"))
+    runs = tmp_path_factory.mktemp("e2e-runs")
+    cluster = RayCluster(temp, num_cpus=4, runs_root=runs)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+        if temp != base:
+            shutil.rmtree(temp, ignore_errors=True)

@@ -1,0 +1,198 @@
+"""Real servers on 127.0.0.1 for the API tests: uvicorn in a thread or in its own process, and
+a local Ray cluster started with `ray start` in its own temp dir and ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    # Ephemeral ports (32768+) stay clear of Ray's worker port range (10002-19999).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except (httpx.HTTPError, OSError) as err:
+            value, last = None, err
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})")
+
+
+@contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """A real uvicorn server for ``app`` on a free loopback port, in a background thread."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 30, "uvicorn to start", 0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+class ApiProcess:
+    """``python -m instructray.api`` as its own process, so a test can kill and restart it."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.env = {**os.environ, **env, "INSTRUCTRAY_API_PORT": str(self.port)}
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> ApiProcess:
+        log = self.log_path.open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "instructray.api"],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+        def up() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log_tail()
+            return httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200
+
+        wait_for(up, timeout, f"the API at {self.url}")
+        return self
+
+    def kill(self) -> None:
+        """Like a crash: SIGKILL, no shutdown hooks."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log_path.read_text()[-n:] if self.log_path.exists() else ""
+
+
+class RayCluster:
+    """`ray start --head --block` with its own --temp-dir and ports, so neither an in-process
+    ray.init() of other tests nor other Ray instances on the machine see it; torn down by
+    signalling only the processes it started."""
+
+    def __init__(self, temp_dir: Path, num_cpus: int = 4, runs_root: Path | None = None) -> None:
+        self.temp_dir = temp_dir
+        self.runs_root = runs_root
+        self.num_cpus = num_cpus
+        self.dashboard_port = free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> RayCluster:
+        ports = {
+            "--port": free_port(),
+            "--ray-client-server-port": free_port(),
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--metrics-export-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
+            "--node-manager-port": free_port(),
+            "--object-manager-port": free_port(),
+        }
+        cmd = [
+            str(VENV_BIN / "ray"), "start", "--head", "--block",
+            "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats",
+            f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
+            *(f"{flag}={port}" for flag, port in ports.items()),
+        ]  # fmt: skip
+        env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "disabled",
+            # Jobs run `instructray run ...`: the venv's entry point must be on their PATH.
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        env.pop("RAY_ADDRESS", None)
+        log = (self.temp_dir.parent / f"{self.temp_dir.name}-ray-start.log").open("w")
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+
+        def up() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, "ray start exited"
+            return httpx.get(f"{self.address}/api/version", timeout=5).status_code == 200
+
+        wait_for(up, timeout, f"Ray's dashboard at {self.address}", 1.0)
+        return self
+
+    def client(self) -> Any:
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.address)
+
+    def _leftovers(self) -> list[int]:
+        """Processes of this cluster only: their command line names our unique temp dir (or,
+        for job drivers, our runs root)."""
+        markers = [str(p).encode() for p in (self.temp_dir, self.runs_root) if p is not None]
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                if any(m in cmdline for m in markers):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        return pids
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()  # ray start --block drains and stops its own processes
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+        time.sleep(1)
+        for pid in self._leftovers():
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

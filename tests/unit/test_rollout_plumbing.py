@@ -1,0 +1,44 @@
+"""Weight buckets for the engine sync, and merging rollouts from several engines."""
+
+from __future__ import annotations
+
+import torch
+
+from instructray.orchestrator.experience import merge_rollouts
+from instructray.rollout.weights import bucketize, pack, tensor_bytes, unpack
+
+
+def test_buckets_respect_the_size_and_round_trip_exactly() -> None:
+    state = {f"w{i}": torch.randn(64, 64) for i in range(5)}  # 16 KiB each
+    state["big"] = torch.randn(256, 256)  # 256 KiB, larger than a bucket: goes alone
+    buckets = list(bucketize(state, bucket_bytes=40 * 1024))
+    assert [list(b) for b in buckets] == [["w0", "w1"], ["w2", "w3"], ["w4"], ["big"]]
+    assert all(sum(map(tensor_bytes, b.values())) <= 40 * 1024 for b in buckets[:-1])
+    restored = {k: v for b in buckets for k, v in unpack(pack(b)).items()}
+    assert restored.keys() == state.keys()
+    assert all(torch.equal(restored[k], state[k]) for k in state)
+
+
+def _rollout(prompts: list[list[int]], responses: list[list[int]], pad: int = 0) -> dict:
+    p, r = max(map(len, prompts)), max(map(len, responses))
+    seq = torch.full((len(prompts), p + r), pad)
+    att = torch.zeros_like(seq)
+    act = torch.zeros((len(prompts), r), dtype=torch.bool)
+    for i, (pr, rs) in enumerate(zip(prompts, responses, strict=True)):
+        seq[i, p - len(pr) : p] = torch.tensor(pr)
+        seq[i, p : p + len(rs)] = torch.tensor(rs)
+        att[i, p - len(pr) : p + len(rs)] = 1
+        act[i, : len(rs)] = True
+    return {"sequences": seq, "attention_mask": att, "action_mask": act,
+            "rollout_logprobs": act.float() * -1.0}
+
+
+def test_merge_rollouts_repads_prompts_left_and_responses_right() -> None:
+    a = _rollout([[5, 6, 7]], [[8]])
+    b = _rollout([[9]], [[10, 11, 12]])
+    merged = merge_rollouts([a, b], pad_id=0)
+    assert merged["sequences"].tolist() == [[5, 6, 7, 8, 0, 0], [0, 0, 9, 10, 11, 12]]
+    assert merged["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1]]
+    assert merged["action_mask"].tolist() == [[True, False, False], [True, True, True]]
+    assert merged["rollout_logprobs"].tolist() == [[-1.0, 0.0, 0.0], [-1.0, -1.0, -1.0]]
+    assert merge_rollouts([a], pad_id=0) is a
