@@ -64,10 +64,16 @@ class HFRolloutActor(RankActor):
         out = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=prompt_mask.to(self.device),
-            do_sample=True,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=0,
+            **(
+                {
+                    "do_sample": True,
+                    "temperature": sampling.temperature,
+                    "top_p": sampling.top_p,
+                    "top_k": 0,
+                }
+                if sampling.temperature > 0
+                else {"do_sample": False}
+            ),
             max_new_tokens=sampling.max_new_tokens,
             num_return_sequences=n,
             pad_token_id=tok.pad_token_id,

@@ -110,7 +110,7 @@ class KLConfig(Section):
 
 
 class SamplingConfig(Section):
-    temperature: PositiveFloat = 1.0
+    temperature: Annotated[float, Field(ge=0, description="0 = greedy decoding.")] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     max_new_tokens: PositiveInt = 24
 

@@ -30,7 +30,7 @@ def test_weight_sync_is_exact(tiny_run: Path, ray_cluster) -> None:
         tok = load_tokenizer(ckpt / "sft")
         prompts = [tok(t, add_special_tokens=False)["input_ids"]
                    for t in ("This movie is", "A dull and", "The best film of the year")]
-        greedy = SamplingConfig(temperature=1e-5, max_new_tokens=12)
+        greedy = SamplingConfig(temperature=0.0, max_new_tokens=12)
         before = engine.call_rank0(lambda a: a.generate.remote(prompts, greedy, 1, 0))
 
         new_policy = load_causal_lm(ckpt / "ppo", torch.float32).eval()

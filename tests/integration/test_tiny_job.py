@@ -50,7 +50,9 @@ def test_ppo_raises_reward_and_keeps_kl_bounded(tiny_run: Path) -> None:
     third = len(rows) // 3
     assert fmean(rewards[-third:]) > fmean(rewards[:third]) + 0.2
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # first rollouts: policy == reference
-    assert max(r["kl"] for r in rows) < 5.0  # nats per response
+    # β·KL keeps the policy near the SFT model: at most 8 nats per ~20-token response.
+    assert max(r["kl"] for r in rows) < 8.0
+    assert max(r["kl"] / r["response_length"] for r in rows) < 0.4
     for key in ("entropy", "value_loss", "clip_fraction", "ptx_loss", "tokens_per_s"):
         assert all(key in r for r in rows), key
 
