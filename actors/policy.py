@@ -53,7 +53,8 @@ class CausalLMActor(RankActor):
             self.engine.backward(loss)
             self.engine.step()
             rows.append({"loss": loss.item(), "tokens": float(mb["loss_mask"].sum())})
-        return {**_mean_metrics(rows), "lr": current_lr(self.engine)}
+        tokens = sum(row.pop("tokens") for row in rows)
+        return {**_mean_metrics(rows), "tokens": tokens, "lr": current_lr(self.engine)}
 
     @torch.no_grad()
     def eval_lm(self, batch: Batch) -> dict[str, float]:

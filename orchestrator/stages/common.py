@@ -1,17 +1,62 @@
-"""Small pieces several stages use: averaging rank metrics, throughput, saving."""
+"""What the supervised stages (pretrain, sft, rm, dpo) share: the epoch loop over data-parallel
+ranks, sharded evaluation, saving."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from statistics import fmean
+from typing import Any
+
+import torch
 
 from instructray.actors.group import ActorGroup
+from instructray.orchestrator.batching import epoch_batches, num_batches, split_for_ranks
 from instructray.orchestrator.context import JobContext
+
+Encode = Callable[[list[Any]], dict[str, torch.Tensor]]
 
 
 def mean_over_ranks(results: list[dict[str, float]]) -> dict[str, float]:
     return {key: fmean(r[key] for r in results) for key in results[0]}
+
+
+def run_sharded(
+    group: ActorGroup,
+    method: Callable[[Any], Any],
+    encode: Encode,
+    items: Sequence[Any],
+    *common: Any,
+) -> dict[str, float]:
+    """Split ``items`` between the ranks, encode each share, run ``method`` on all ranks at
+    once (a collective under ZeRO), and average what they report."""
+    shards = [encode(part) for part in split_for_ranks(items, group.world_size)]
+    return mean_over_ranks(group.map(method, shards, *common))
+
+
+def train_epochs(
+    ctx: JobContext,
+    stage: str,
+    group: ActorGroup,
+    items: Sequence[Any],
+    batch_size: int,
+    epochs: float,
+    encode: Encode,
+    method: Callable[[Any], Any],
+    *common: Any,
+) -> None:
+    """One optimizer step per batch of ``batch_size`` items for ``epochs`` passes, a metrics
+    line per step (with throughput: tokens/s when the actor counts tokens)."""
+    total = num_batches(len(items), batch_size, epochs)
+    clock = Stopwatch()
+    for step, batch in enumerate(epoch_batches(items, batch_size, epochs, ctx.cfg.seed), 1):
+        metrics = run_sharded(group, method, encode, batch, *common)
+        elapsed = max(clock.lap(), 1e-9)
+        if "tokens" in metrics:
+            metrics["tokens_per_s"] = metrics.pop("tokens") * group.world_size / elapsed
+        metrics["examples_per_s"] = batch_size / elapsed
+        ctx.log.log(stage, step, metrics, total)
 
 
 def save(ctx: JobContext, group: ActorGroup, name: str) -> Path:

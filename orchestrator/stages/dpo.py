@@ -10,14 +10,12 @@ import torch
 from instructray.actors.group import ActorGroup
 from instructray.orchestrator.batching import (
     comparison_pairs,
-    epoch_batches,
-    num_batches,
     pair_batch,
     split_for_ranks,
 )
 from instructray.orchestrator.context import JobContext, split_eval
 from instructray.orchestrator.roles import engine_spec, start_causal_lm
-from instructray.orchestrator.stages.common import Stopwatch, mean_over_ranks, save
+from instructray.orchestrator.stages.common import mean_over_ranks, save, train_epochs
 from instructray.orchestrator.stages.rm import comparisons_for
 
 
@@ -55,15 +53,17 @@ def run(ctx: JobContext) -> Path:
             return mean_over_ranks(policy.map(lambda a: a.eval_dpo, held_batches, scfg))
 
         before = evaluate()
-        total = num_batches(len(train), scfg.batch_size, scfg.epochs)
-        clock = Stopwatch()
-        for step, batch in enumerate(
-            epoch_batches(train, scfg.batch_size, scfg.epochs, cfg.seed), start=1
-        ):
-            shards = [_with_reference(reference, encode(p)) for p in split_for_ranks(batch, world)]
-            metrics = mean_over_ranks(policy.map(lambda a: a.train_dpo, shards, scfg))
-            metrics["pairs_per_s"] = scfg.batch_size / max(clock.lap(), 1e-9)
-            ctx.log.log("dpo", step, metrics, total)
+        train_epochs(
+            ctx,
+            "dpo",
+            policy,
+            train,
+            scfg.batch_size,
+            scfg.epochs,
+            lambda part: _with_reference(reference, encode(part)),
+            lambda a: a.train_dpo,
+            scfg,
+        )
         after = evaluate()
         checkpoint = save(ctx, policy, "dpo")
     finally:

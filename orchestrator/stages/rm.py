@@ -10,15 +10,12 @@ from pathlib import Path
 from instructray.config import SamplingConfig
 from instructray.data import RankedComparison, SimulatedLabeler, agreement, write_preferences
 from instructray.orchestrator.batching import (
-    epoch_batches,
-    num_batches,
     prompt_ids,
     ranking_batch,
-    split_for_ranks,
 )
 from instructray.orchestrator.context import JobContext, split_eval
 from instructray.orchestrator.roles import engine_spec, start_rollout, start_value_model
-from instructray.orchestrator.stages.common import Stopwatch, mean_over_ranks, save
+from instructray.orchestrator.stages.common import run_sharded, save, train_epochs
 
 LABEL_CHUNK = 128
 """Prompts per generate call while collecting samples for the labeler."""
@@ -79,17 +76,6 @@ def comparisons_for(ctx: JobContext) -> list[RankedComparison]:
     return ctx.comparisons
 
 
-def _evaluate(ctx: JobContext, group, tokenizer, comparisons) -> dict[str, float]:
-    cfg = ctx.cfg
-    parts = split_for_ranks(comparisons, group.world_size)
-    batches = [
-        ranking_batch(tokenizer, p, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
-        for p in parts
-    ]
-    results = group.map(lambda a: a.eval_rm, batches)
-    return mean_over_ranks(results)
-
-
 def run(ctx: JobContext) -> Path:
     cfg, scfg = ctx.cfg, ctx.cfg.rm
     comparisons = comparisons_for(ctx)
@@ -104,22 +90,17 @@ def run(ctx: JobContext) -> Path:
     ctx.log.info(
         f"[rm] {len(train)} rankings ({n_pairs} pairs) / {len(held_out)} held out, init {init}"
     )
+
+    def encode(part: list) -> dict:
+        return ranking_batch(tokenizer, part, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
+
     group = start_value_model(cfg, "reward", str(init), spec)
     try:
-        before = _evaluate(ctx, group, tokenizer, held_out)
-        total = num_batches(len(train), scfg.batch_size, scfg.epochs)
-        clock = Stopwatch()
-        for step, batch in enumerate(
-            epoch_batches(train, scfg.batch_size, scfg.epochs, cfg.seed), start=1
-        ):
-            shards = [
-                ranking_batch(tokenizer, part, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
-                for part in split_for_ranks(batch, world)
-            ]
-            metrics = mean_over_ranks(group.map(lambda a: a.train_rm, shards))
-            metrics["rankings_per_s"] = scfg.batch_size / max(clock.lap(), 1e-9)
-            ctx.log.log("rm", step, metrics, total)
-        after = _evaluate(ctx, group, tokenizer, held_out)
+        before = run_sharded(group, lambda a: a.eval_rm, encode, held_out)
+        train_epochs(
+            ctx, "rm", group, train, scfg.batch_size, scfg.epochs, encode, lambda a: a.train_rm
+        )
+        after = run_sharded(group, lambda a: a.eval_rm, encode, held_out)
         checkpoint = save(ctx, group, "rm")
     finally:
         group.shutdown()

@@ -28,8 +28,10 @@ def test_weight_sync_is_exact(tiny_run: Path, ray_cluster) -> None:
     engine = start_rollout(cfg, str(ckpt / "sft"))
     try:
         tok = load_tokenizer(ckpt / "sft")
-        prompts = [tok(t, add_special_tokens=False)["input_ids"]
-                   for t in ("This movie is", "A dull and", "The best film of the year")]
+        prompts = [
+            tok(t, add_special_tokens=False)["input_ids"]
+            for t in ("This movie is", "A dull and", "The best film of the year")
+        ]
         greedy = SamplingConfig(temperature=0.0, max_new_tokens=12)
         before = engine.call_rank0(lambda a: a.generate.remote(prompts, greedy, 1, 0))
 
@@ -43,9 +45,12 @@ def test_weight_sync_is_exact(tiny_run: Path, ray_cluster) -> None:
     width = after["action_mask"].shape[1]
     for i, prompt in enumerate(prompts):
         reference = new_policy.generate(
-            torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        )[0, len(prompt):]
+            torch.tensor([prompt]),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )[0, len(prompt) :]
         n = int(after["action_mask"][i].sum())
         assert after["sequences"][i, -width:][:n].tolist() == reference.tolist()
     with torch.no_grad():
@@ -58,11 +63,21 @@ def test_weight_sync_is_exact(tiny_run: Path, ray_cluster) -> None:
 
 def _ppo(tiny_run: Path, run_dir: Path, *overrides: str) -> list[dict]:
     ckpt = tiny_run / "checkpoints"
-    run_job(load_config(REPO / "configs" / "tiny.yaml", [
-        f"output.run_dir={run_dir}", "output.tensorboard=false", "stages=[ppo]",
-        f"model.sft_checkpoint={ckpt / 'sft'}", f"model.reward_checkpoint={ckpt / 'rm'}",
-        "ppo.iterations=12", "ppo.ptx_coef=0.0", *overrides,
-    ]))
+    run_job(
+        load_config(
+            REPO / "configs" / "tiny.yaml",
+            [
+                f"output.run_dir={run_dir}",
+                "output.tensorboard=false",
+                "stages=[ppo]",
+                f"model.sft_checkpoint={ckpt / 'sft'}",
+                f"model.reward_checkpoint={ckpt / 'rm'}",
+                "ppo.iterations=12",
+                "ppo.ptx_coef=0.0",
+                *overrides,
+            ],
+        )
+    )
     return read_metrics(run_dir, "ppo")
 
 

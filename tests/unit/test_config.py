@@ -51,8 +51,8 @@ def test_tiny_yaml_loads():
     assert cfg.pretrain.batch_size == 64
     assert cfg.pretrain.optim.lr == 2.0e-3
     assert cfg.pretrain.optim.warmup_steps == 10
-    assert cfg.ppo.iterations == 15
-    assert cfg.ppo.ptx_coef == 0.1
+    assert cfg.ppo.iterations == 20
+    assert cfg.ppo.ptx_coef == 0.05
     assert cfg.ppo.kl.estimator == "k1"
     assert cfg.dpo.max_pairs == 2048
     assert cfg.resources.reference.num_cpus == 0.25

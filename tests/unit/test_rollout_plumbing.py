@@ -29,8 +29,12 @@ def _rollout(prompts: list[list[int]], responses: list[list[int]], pad: int = 0)
         seq[i, p : p + len(rs)] = torch.tensor(rs)
         att[i, p - len(pr) : p + len(rs)] = 1
         act[i, : len(rs)] = True
-    return {"sequences": seq, "attention_mask": att, "action_mask": act,
-            "rollout_logprobs": act.float() * -1.0}
+    return {
+        "sequences": seq,
+        "attention_mask": att,
+        "action_mask": act,
+        "rollout_logprobs": act.float() * -1.0,
+    }
 
 
 def test_merge_rollouts_repads_prompts_left_and_responses_right() -> None:
