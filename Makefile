@@ -9,7 +9,7 @@ ENGINE ?= cpu
 RUN_DIR ?= runs/demo
 STAMP := $(VENV)/.installed-$(ENGINE)
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup browser demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -27,11 +27,22 @@ $(STAMP): pyproject.toml requirements/no-deps.txt
 demo: setup
 	$(VENV)/bin/instructray run configs/tiny.yaml --out $(RUN_DIR)
 
-test: setup
+# Debian's chromium drives the dashboard test (Playwright with executable_path, no download).
+browser:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test: setup browser
+	# A DeepSpeed op-build lock left by a killed process would hang every later job.
+	find $${HOME}/.cache/torch_extensions -name lock -mmin +10 -delete 2>/dev/null || true
 	$(VENV)/bin/pytest tests
 
 test-fast: setup
 	$(VENV)/bin/pytest tests -m "not e2e"
+
+bench: setup
+	$(VENV)/bin/pip install --quiet -e ".[bench]" $(if $(filter cpu,$(ENGINE)),-c requirements/constraints-cpu.txt)
+	cd bench && ../$(PY) ppo_step.py --preset tiny && ../$(PY) weight_sync.py --preset tiny
+	$(PY) bench/api_load.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

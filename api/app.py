@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -92,6 +93,9 @@ def create_app(settings: Settings | None = None, ray: RayJobs | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Few threads for the sync handlers: with many, short handlers that release the GIL on
+        # every file or database call wait behind each other (a GIL convoy) and tails grow.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
         if generated:
             log.warning(
                 "INSTRUCTRAY_API_TOKEN is not set; mutating requests need this generated "

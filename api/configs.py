@@ -3,6 +3,8 @@ to the same validated `JobConfig` that `instructray run` uses, with every path c
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +92,17 @@ def confine(raw: str | Path, roots: list[Path], field: str, base: Path) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=64)
+def _yaml_file(path: str, mtime_ns: int, field: str) -> dict[str, Any]:
+    # Presets are read on every submission; parse each version of a file once.
+    return parse_yaml_mapping(Path(path).read_text(), field)
+
+
+def read_yaml_file(path: Path, field: str) -> dict[str, Any]:
+    """A YAML mapping from a file (a fresh copy: callers apply overrides to it)."""
+    return copy.deepcopy(_yaml_file(str(path), path.stat().st_mtime_ns, field))
+
+
 def list_presets(configs_root: Path) -> list[str]:
     if not configs_root.is_dir():
         return []
@@ -105,7 +118,7 @@ def load_preset(configs_root: Path, name: str) -> dict[str, Any]:
     if not path.is_file():
         available = ", ".join(list_presets(configs_root)) or "none"
         raise InvalidConfig([FieldError("preset", f"no preset {name!r} (available: {available})")])
-    return parse_yaml_mapping(path.read_text(), "preset")
+    return read_yaml_file(path, "preset")
 
 
 def load_config_path(raw: str, roots: list[Path]) -> dict[str, Any]:
@@ -114,7 +127,7 @@ def load_config_path(raw: str, roots: list[Path]) -> dict[str, Any]:
         raise PathNotAllowed("config_path", f"{raw!r} is not a .yaml/.yml file")
     if not path.is_file():
         raise InvalidConfig([FieldError("config_path", f"{raw!r} does not exist")])
-    return parse_yaml_mapping(path.read_text(), "config_path")
+    return read_yaml_file(path, "config_path")
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

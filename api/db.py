@@ -44,7 +44,8 @@ class JobRecord(Base):
     status: Mapped[str] = mapped_column(String(16), default=QUEUED)
     # Where the job came from: "api" (POST /jobs) or "ray" (found on the cluster, `ray job submit`).
     source: Mapped[str] = mapped_column(String(16), default="api")
-    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Deferred: listings and the reconciler never need it (JobService.get loads it).
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, deferred=True)
     run_dir: Mapped[str] = mapped_column(String(1024))
     message: Mapped[str | None] = mapped_column(Text, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)

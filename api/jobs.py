@@ -11,6 +11,7 @@ import copy
 import logging
 import secrets
 import shlex
+import shutil
 import threading
 import time
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 from sqlalchemy import func, select
+from sqlalchemy.orm import undefer
 
 from instructray.api.configs import (
     apply_overrides,
@@ -44,12 +46,13 @@ from instructray.api.db import (
     utcnow,
 )
 from instructray.api.ray_jobs import STATUS_FROM_RAY, RayJob, RayJobs, RayUnavailable
-from instructray.api.runfiles import MetricsReader, artifacts, read_summary
+from instructray.api.runfiles import MetricsReader, read_summary
 from instructray.api.schemas import JobCreate
 from instructray.api.settings import Settings
 from instructray.config import JobConfig
 
 log = logging.getLogger("instructray.api")
+SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when PyYAML has it
 ADOPT_EVERY = 30  # reconcile cycles between scans of Ray's job list for `ray job submit` jobs
 
 
@@ -132,25 +135,30 @@ class JobService:
         cfg.ray.address = "auto"
         cfg.ray.num_cpus = None
         config = cfg.model_dump(mode="json")
-        with self.db.session() as s:
-            rec = JobRecord(
-                id=job_id,
-                name=req.name or cfg.name,
-                status=QUEUED,
-                config=config,
-                run_dir=str(run_dir),
-                message="queued for submission to Ray",
-            )
-            s.add(rec)
-            s.flush()
-            run_dir.mkdir(parents=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        # The file first, so the database's write lock is held only for the insert itself.
+        run_dir.mkdir(parents=True)
+        text = yaml.dump(config, Dumper=SafeDumper, sort_keys=False)
+        (run_dir / "config.yaml").write_text(text)
+        rec = JobRecord(
+            id=job_id,
+            name=req.name or cfg.name,
+            status=QUEUED,
+            config=config,
+            run_dir=str(run_dir),
+            message="queued for submission to Ray",
+        )
+        try:
+            with self.db.session() as s:
+                s.add(rec)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         self._wake.set()
         return rec
 
     def get(self, job_id: str) -> JobRecord:
         with self.db.session() as s:
-            rec = s.get(JobRecord, job_id)
+            rec = s.get(JobRecord, job_id, options=[undefer(JobRecord.config)])
         if rec is None:
             raise JobNotFound(f"no job {job_id!r}")
         return rec
@@ -192,42 +200,6 @@ class JobService:
         if rec.status == QUEUED:
             return ""
         return self.ray.logs(job_id)
-
-    # ---- views ---------------------------------------------------------------------------
-    def summary_view(self, rec: JobRecord, latest: dict | None = None) -> dict[str, Any]:
-        if latest is None:
-            latest = self.reader.tail(Path(rec.run_dir))[1]
-        return {
-            "id": rec.id,
-            "name": rec.name,
-            "status": rec.status,
-            "source": rec.source,
-            "created_at": as_utc(rec.created_at),
-            "started_at": as_utc(rec.started_at),
-            "finished_at": as_utc(rec.finished_at),
-            "stage": latest.get("stage") if latest else None,
-            "step": latest.get("step") if latest else None,
-            "cancel_requested": rec.cancel_requested,
-            "error": rec.error,
-        }
-
-    def detail_view(self, rec: JobRecord) -> dict[str, Any]:
-        run_dir = Path(rec.run_dir)
-        summary = read_summary(run_dir)
-        count, latest = self.reader.tail(run_dir)
-        view = self.summary_view(rec, latest)
-        stages = rec.config.get("stages") or []
-        view.update(
-            message=rec.message,
-            updated_at=as_utc(rec.updated_at),
-            stages_planned=[s for s in ("pretrain", "sft", "rm", "ppo", "dpo") if s in stages],
-            latest_metrics=latest,
-            metrics_count=count,
-            stages=(summary or {}).get("stages") or {},
-            artifacts=artifacts(run_dir, summary),
-            config=rec.config,
-        )
-        return view
 
     # ---- reconciling with Ray ------------------------------------------------------------
     def entrypoint(self, rec: JobRecord) -> str:
@@ -299,7 +271,7 @@ class JobService:
             changes["message"] = f"stopped outside the service: {info.message}"
         return changes
 
-    def sync_once(self) -> None:
+    def sync_once(self) -> int:
         """Bring every active record up to date with Ray (submitting queued ones)."""
         with self.db.session() as s:
             jobs = list(
@@ -319,7 +291,7 @@ class JobService:
                 error = err
         if error is not None:
             raise error
-        self.ray_ok_at, self.ray_error = time.time(), None
+        return len(jobs)
 
     def adopt_ray_jobs(self) -> int:
         """Record jobs started on the cluster with `ray job submit` (our entry point, a RUN_DIR
@@ -363,7 +335,12 @@ class JobService:
                 n = self.adopt_ray_jobs()
                 if n:
                     log.info("adopted %d job(s) found on Ray", n)
-            self.sync_once()
+            contacted = self.sync_once() > 0
+            if not contacted and time.time() - (self.ray_ok_at or 0) > 5:
+                self.ray.ping()  # nothing to follow: still tell /healthz whether Ray is there
+                contacted = True
+            if contacted:
+                self.ray_ok_at, self.ray_error = time.time(), None
         except RayUnavailable as err:
             if self.ray_error != str(err):
                 log.warning("%s", err)

@@ -52,6 +52,10 @@ class RayJobs(Protocol):
 
     def list(self) -> list[RayJob]: ...
 
+    def ping(self) -> None:
+        """Raise RayUnavailable unless the Jobs API answers."""
+        ...
+
 
 def _is_not_found(err: Exception) -> bool:
     text = str(err)
@@ -149,6 +153,9 @@ class RayJobsClient:
 
     def list(self) -> list[RayJob]:
         return [_to_job(d) for d in self._call("list_jobs") if d.submission_id]
+
+    def ping(self) -> None:
+        self._call("get_version")
 
 
 def _to_job(details: Any) -> RayJob:

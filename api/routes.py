@@ -6,7 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -30,6 +30,7 @@ from instructray.api.schemas import (
     Status,
 )
 from instructray.api.security import bearer_scheme, require_token
+from instructray.api.views import job_detail, job_summary
 
 router = APIRouter()
 MUTATING = [Depends(bearer_scheme), Depends(require_token)]
@@ -100,18 +101,18 @@ def list_jobs(
     status: Annotated[list[Status] | None, Query(description="Repeat to match several")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> JobList:
+) -> dict[str, Any]:
+    # Handlers return plain dicts: FastAPI validates them against response_model once
+    # (a model instance would be validated twice).
     rows, total = service.list(list(status) if status else None, limit, offset)
-    items = [service.summary_view(r) for r in rows]
-    return JobList.model_validate(
-        {"items": items, "total": total, "limit": limit, "offset": offset}
-    )
+    items = [job_summary(r, service.reader) for r in rows]
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, responses={404: ERRORS[404]})
-def get_job(job_id: str, service: Service) -> JobDetail:
+def get_job(job_id: str, service: Service) -> dict[str, Any]:
     """Status, current stage and step, latest metrics, error if failed, artifact paths."""
-    return JobDetail.model_validate(service.detail_view(service.get(job_id)))
+    return job_detail(service.get(job_id), service.reader)
 
 
 @router.get("/jobs/{job_id}/metrics", response_model=MetricsPage, responses={404: ERRORS[404]})

@@ -15,8 +15,6 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ENV_PREFIX = "INSTRUCTRAY_API_"
-TOKEN_ENV = ENV_PREFIX + "TOKEN"
-TOKEN_FILE_ENV = ENV_PREFIX + "TOKEN_FILE"
 
 
 class Settings(BaseModel):
@@ -48,6 +46,9 @@ class Settings(BaseModel):
         default_factory=dict, description="Extra environment variables of every job's driver."
     )
     poll_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    threads: Annotated[int, Field(ge=1, le=200)] = Field(
+        8, description="Worker threads for request handlers (anyio's default is 40)."
+    )
     log_level: str = "info"
 
     @model_validator(mode="after")

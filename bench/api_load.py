@@ -150,6 +150,30 @@ def percentile(values: list[float], q: float) -> float:
     return round(ordered[index], 2)
 
 
+def server_side_status_p99(url: str) -> dict:
+    """The service's own view of GET /jobs/{id} (its Prometheus histogram): time from the
+    request reaching the app to the response headers, without the client or socket queues."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    buckets: list[tuple[float, float]] = []
+    for family in text_string_to_metric_families(text):
+        if family.name != "instructray_api_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name.endswith("_bucket")
+                and labels["route"] == "/jobs/{job_id}"
+                and labels["method"] == "GET"
+            ):
+                buckets.append((float(labels["le"]), sample.value))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0
+    bound = next((le for le, n in buckets if total and n >= 0.99 * total), None)
+    return {"count": total, "p99_at_most_ms": None if bound is None else bound * 1000}
+
+
 def summarize(results: list[dict], wall_s: float, args: argparse.Namespace) -> dict:
     by_kind: dict[str, dict] = {}
     for kind in sorted({r["kind"] for r in results}):
@@ -182,8 +206,10 @@ def summarize(results: list[dict], wall_s: float, args: argparse.Namespace) -> d
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "load_avg_1m_at_end": round(os.getloadavg()[0], 2),  # a shared box makes this noisy
         },
-        "note": "loopback, server in its own process, SQLite file; no Ray (jobs stay queued)",
+        "note": "loopback, server in its own process, SQLite file; no Ray (jobs stay queued); "
+        "latencies are as the client saw them, server_side_status_read is the app's own",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -205,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             results = asyncio.run(run_load(url, ids, args.requests, args.concurrency, args.seed))
             report = summarize(results, time.perf_counter() - start, args)
+            report["server_side_status_read"] = server_side_status_p99(url)
         finally:
             proc.terminate()
             try:

@@ -1,5 +1,5 @@
 """Shared plumbing of the benchmarks: checkpoints, PPO runs through `run_job`, timing of actor
-methods, per-process memory sampling, result files.
+methods (for the orchestration overhead), result files. Memory sampling lives in rss.py.
 
 Imported by the bench scripts as a plain module (``python bench/<script>.py`` puts bench/ on
 sys.path); Ray ships it to the actors by value, so they do not need bench/ on their path.
@@ -14,13 +14,13 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 import psutil
+from rss import RSSSampler
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -191,134 +191,9 @@ def union_seconds(spans: list[tuple[float, float]], lo: float, hi: float) -> flo
     return total
 
 
-# -- memory ----------------------------------------------------------------------------------
-def process_group(proc: psutil.Process) -> str | None:
-    """``ray::<Class>`` for Ray workers, ``VLLM::EngineCore`` for vLLM's engine process."""
-    try:
-        cmd = " ".join(proc.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
-    if "EngineCore" in cmd:
-        return "VLLM::EngineCore"
-    if cmd.startswith("ray::"):
-        return cmd.split()[0].split(".")[0]
-    if "VLLM::" in cmd:
-        return cmd.split()[0]
-    return None
-
-
-class RSSSampler:
-    """Samples the RSS of this process's descendants (so other jobs' Ray clusters on the box
-    are not counted) every ``period`` seconds in a background thread."""
-
-    def __init__(self, period: float = 0.5):
-        self.period = period
-        self.root = psutil.Process()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self.reset()
-
-    def reset(self) -> None:
-        with getattr(self, "_lock", threading.Lock()):
-            self.per_pid: dict[int, tuple[str, int]] = {}
-            self.seen: dict[int, tuple[float, float]] = {}
-            self.threads_env: dict[int, str | None] = {}
-            self.started = time.time()
-            self.peak_total = 0
-            self.peak_driver = 0
-            self.samples = 0
-
-    def start(self) -> RSSSampler:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.period)
-
-    def sample(self) -> None:
-        total = 0
-        seen: list[tuple[int, str, int]] = []
-        for proc in self.root.children(recursive=True):
-            group = process_group(proc)
-            if group is None:
-                continue
-            try:
-                rss = proc.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            seen.append((proc.pid, group, rss))
-            if group != "ray::IDLE":
-                total += rss
-        driver = self.root.memory_info().rss
-        now = time.time()
-        with self._lock:
-            for pid, group, rss in seen:
-                if pid not in self.threads_env:
-                    self.threads_env[pid] = _omp_threads(pid)
-                self.seen[pid] = (self.seen.get(pid, (now, now))[0], now)
-                old = self.per_pid.get(pid, (group, 0))
-                # A worker's title changes (IDLE -> actor): keep its actor name.
-                name = group if group != "ray::IDLE" else old[0]
-                self.per_pid[pid] = (name, max(old[1], rss))
-            self.peak_total = max(self.peak_total, total)
-            self.peak_driver = max(self.peak_driver, driver)
-            self.samples += 1
-
-    def report(self, pid_roles: dict[int, str] | None = None) -> dict[str, Any]:
-        """Peak RSS (MiB) per actor class (max over its processes), per process with its role
-        when known, the peak of the concurrent sum over actors + engine, and the driver."""
-        mib = 2**20
-        with self._lock:
-            groups: dict[str, int] = {}
-            procs = []
-            for pid, (group, rss) in sorted(self.per_pid.items()):
-                if group == "ray::IDLE":
-                    continue
-                groups[group] = max(groups.get(group, 0), rss)
-                first, last = self.seen.get(pid, (self.started, self.started))
-                procs.append(
-                    {
-                        "pid": pid,
-                        "group": group,
-                        "role": (pid_roles or {}).get(pid),
-                        "peak_mib": rss // mib,
-                        "seen_s": [round(first - self.started, 1), round(last - self.started, 1)],
-                        "OMP_NUM_THREADS": self.threads_env.get(pid),
-                    }
-                )
-            return {
-                "peak_mib_by_group": {g: v // mib for g, v in sorted(groups.items())},
-                "peak_mib_by_process": procs,
-                "peak_mib_total_concurrent": self.peak_total // mib,
-                "peak_mib_driver": self.peak_driver // mib,
-                "samples": self.samples,
-                "note": "RSS includes shared pages (libraries, Ray object-store mappings); "
-                "total = max over samples of the sum over actor and vLLM processes; seen_s = "
-                "first/last sample (s after the run started) in which the process was alive",
-            }
-
-
-def _omp_threads(pid: int) -> str | None:
-    try:
-        return psutil.Process(pid).environ().get("OMP_NUM_THREADS")
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
-
-
-def pid_roles(intervals: list[dict[str, Any]], sampler: RSSSampler) -> dict[int, str]:
-    """Role of each traced actor process; vLLM's own processes count as the rollout role."""
-    roles = {row["pid"]: row["role"] for row in intervals}
-    for pid, (group, _) in list(sampler.per_pid.items()):
-        if pid not in roles and group.startswith("VLLM::"):
-            roles[pid] = "rollout (vLLM process)"
-    return roles
+def pid_roles(intervals: list[dict[str, Any]]) -> dict[int, str]:
+    """Role of each traced actor process of a run."""
+    return {row["pid"]: row["role"] for row in intervals}
 
 
 # -- one PPO run -----------------------------------------------------------------------------
@@ -369,24 +244,31 @@ def breakdown(rows: list[dict[str, Any]], spans: list[tuple[float, float]]) -> l
     return out
 
 
-def summarize(per_iter: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
-    """Medians over the measured iterations after the first ``warmup`` of them. Iteration 1
-    (engine warm-up, first DeepSpeed step) has no start stamp and is never among them."""
-    kept = per_iter[warmup:] or per_iter
-    keys = [k for k in kept[0] if k != "step"]
-    return {
-        "iterations_used": [r["step"] for r in kept],
-        **{
-            f"median_{k}": med([float(r[k]) for r in kept if r[k] is not None])
-            for k in keys
-            if any(r[k] is not None for r in kept)
-        },
-    }
+def summarize(per_iter: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the measured iterations: 2..N (iteration 1, the warm-up with the engine's
+    first batch and the first DeepSpeed step, has no start stamp and is never measured)."""
+    keys = [k for k in (per_iter[0] if per_iter else {}) if k != "step"]
+    medians = {f"median_{k}": med([r[k] for r in per_iter if r[k] is not None]) for k in keys}
+    return {"iterations_used": [r["step"] for r in per_iter], **medians}
 
 
-def run_ppo(
-    cfg: Any, run_dir: Path, sampler: RSSSampler, warmup: int = 0, keep_checkpoints: bool = False
-) -> dict[str, Any]:
+def guarded(fn: Any, *args: Any) -> dict[str, Any]:
+    """``fn(*args)``, or a record of its failure (e.g. killed for memory) so the other
+    systems of the run still get measured."""
+    try:
+        return fn(*args)
+    except Exception as err:
+        first = str(err).strip().splitlines()[:3]
+        return {"error": f"{type(err).__name__}: {' '.join(first)[:400]}", "per_iteration": []}
+
+
+def pooled_median(runs: list[dict[str, Any]], key: str) -> float | None:
+    """Median of ``key`` over the measured iterations of all rounds of one system."""
+    values = [r[key] for run in runs for r in run["per_iteration"] if r.get(key) is not None]
+    return med([float(v) for v in values])
+
+
+def run_ppo(cfg: Any, run_dir: Path, sampler: RSSSampler) -> dict[str, Any]:
     """Run the PPO stage with traced actors; timings, overhead and peak RSS of this run."""
     from instructray.orchestrator.pipeline import run_job
     from instructray.run_log import read_metrics
@@ -398,6 +280,7 @@ def run_ppo(
     install_tracer(trace)
     sampler.reset()
     started = time.time()
+    load_start = os.getloadavg()[0]
     run_job(cfg, run_dir)
     total = time.time() - started
     sampler.sample()
@@ -405,14 +288,14 @@ def run_ppo(
     intervals = read_intervals(trace)
     spans = [(r["start"], r["end"]) for r in intervals]
     per_iter = breakdown(rows, spans)
-    memory = sampler.report(pid_roles(intervals, sampler))
-    if not keep_checkpoints:
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    memory = sampler.report(pid_roles(intervals))
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # timing only: free the disk
     first = rows[0] if rows else {}
     return {
         "job_wall_s": round(total, 2),
+        "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "iteration_1": {k: first.get(k) for k in PHASES},
-        "summary": summarize(per_iter, warmup),
+        "summary": summarize(per_iter),
         "per_iteration": per_iter,
         "memory": memory,
     }

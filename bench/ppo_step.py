@@ -20,15 +20,17 @@ import argparse
 from typing import Any
 
 from harness import (
-    RSSSampler,
     checkpoints,
+    guarded,
     host_info,
+    pooled_median,
     ppo_config,
     ratio,
     run_ppo,
     work_dir,
     write_result,
 )
+from rss import RSSSampler
 
 DEFAULT_ITERATIONS = {"tiny": 8, "smollm2": 4}
 COMPARED = (
@@ -82,9 +84,8 @@ def main() -> None:
                 )
                 run_dir = work_dir("ppo_step", f"{args.preset}-{backend}-r{round_}")
                 print(f"== {args.preset} {backend} round {round_} -> {run_dir}", flush=True)
-                result = run_ppo(cfg, run_dir, sampler)
-                result["round"] = round_
-                runs[backend].append(result)
+                result = guarded(run_ppo, cfg, run_dir, sampler)
+                runs[backend].append({"round": round_, **result})
     finally:
         sampler.stop()
         import ray
@@ -116,25 +117,13 @@ def main() -> None:
         "proxy_overhead_fraction": "(time_sync + time_other) / wall, for comparison",
     }
     result: dict[str, Any] = {"config": info, "runs": runs}
+    keys = (*COMPARED, "overhead_fraction", "proxy_overhead_fraction")
+    table = {b: {k: pooled_median(runs[b], k) for k in keys} for b in backends}
+    result["medians_over_rounds"] = table
     if len(backends) == 2:
-        by = {
-            b: {
-                k: [r["summary"].get(f"median_{k}") for r in runs[b]]
-                for k in (*COMPARED, "overhead_fraction")
-            }
-            for b in backends
-        }
-
-        def over_rounds(b: str, k: str) -> float | None:
-            values = [v for v in by[b][k] if v is not None]
-            return sorted(values)[len(values) // 2] if values else None
-
         result["vllm_over_hf"] = {
-            k: ratio(over_rounds("vllm", k), over_rounds("hf", k))
-            for k in COMPARED
-            if over_rounds("hf", k)
+            k: ratio(table["vllm"][k], table["hf"][k]) for k in COMPARED if table["hf"][k]
         }
-        result["table"] = {b: {k: over_rounds(b, k) for k in by[b]} for b in backends}
     write_result(f"ppo_step_{args.preset}", result)
 
 

@@ -19,6 +19,7 @@ bench/results/trl_compare_<preset>.json.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from itertools import islice, pairwise
 from pathlib import Path
@@ -26,16 +27,18 @@ from statistics import fmean
 from typing import Any
 
 from harness import (
-    RSSSampler,
     checkpoints,
+    guarded,
     host_info,
     med,
+    pooled_median,
     ppo_config,
     ratio,
     run_ppo,
     work_dir,
     write_result,
 )
+from rss import RSSSampler
 
 DEFAULTS = {
     "tiny": {"iterations": 6, "prompts": 32, "new_tokens": 24, "ppo_epochs": 2, "micro": 16},
@@ -179,6 +182,7 @@ def run_trl(
         callbacks=[StepClock()],
     )
     setup = time.time() - started
+    load_start = os.getloadavg()[0]
     train_start = time.time()
     try:
         trainer.train()
@@ -193,8 +197,10 @@ def run_trl(
     return {
         "trl_version": trl.__version__,
         "setup_s": round(setup, 2),
+        "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "job_wall_s": round(time.time() - started, 2),
         "iteration_1_s": round(stamps[0] - train_start, 3) if stamps else None,
+        "iteration_1_generate_s": round(gen[0]["seconds"], 3) if gen else None,
         "summary": {
             "iterations_used": [r["step"] for r in per_iter],
             "median_wall": med(walls),
@@ -220,40 +226,47 @@ def main() -> None:
     prompt_ids = same_prompts(base_cfg, load_tokenizer(sft), args.prompts * args.iterations)
     sampler = RSSSampler().start()
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+
+    def one(system: str, out: Path) -> dict[str, Any]:
+        if system == "trl":
+            sampler.reset()
+            result = run_trl(args, sft, rm, prompt_ids, out)
+            sampler.sample()
+            result["memory"] = {"peak_mib_process": sampler.peak_driver // 2**20}
+            return result
+        backend = system.removeprefix("instructray-")
+        cfg = ppo_config(args.preset, sft, rm, instructray_overrides(args, backend))
+        result = run_ppo(cfg, out, sampler)
+        rows = result["per_iteration"]
+        result["summary"]["mean_response_length"] = round(
+            fmean(r["response_length"] or 0 for r in rows), 2
+        )
+        return result
+
     try:
         for round_ in range(args.rounds):
             for system in systems if round_ % 2 == 0 else systems[::-1]:
                 out = work_dir("trl_compare", f"{args.preset}-{system}-r{round_}")
                 print(f"== {args.preset} {system} round {round_}", flush=True)
-                if system == "trl":
-                    sampler.reset()
-                    result = run_trl(args, sft, rm, prompt_ids, out)
-                    sampler.sample()
-                    result["memory"] = {"peak_mib_process": sampler.peak_driver // 2**20}
-                else:
-                    backend = system.removeprefix("instructray-")
-                    cfg = ppo_config(args.preset, sft, rm, instructray_overrides(args, backend))
-                    result = run_ppo(cfg, out, sampler)
-                    s = result["summary"]
-                    s["mean_response_length"] = round(
-                        fmean(r["response_length"] or 0 for r in result["per_iteration"]), 2
-                    )
-                result["round"] = round_
-                runs[system].append(result)
+                runs[system].append({"round": round_, **guarded(one, system, out)})
     finally:
         sampler.stop()
         if ray.is_initialized():
             ray.shutdown()
 
-    def wall(system: str) -> float | None:
-        values = [r["summary"].get("median_wall") for r in runs.get(system, [])]
-        values = sorted(v for v in values if v is not None)
-        return values[len(values) // 2] if values else None
-
-    medians = {s: wall(s) for s in systems}
-    result: dict[str, Any] = {
+    medians = {s: pooled_median(runs[s], "wall") for s in systems}
+    result: dict[str, Any] = {"preset": args.preset, "median_iteration_s": medians}
+    result["median_generate_s"] = {s: pooled_median(runs[s], "time_generate") for s in systems}
+    if "trl" in systems:
+        result["trl_over_instructray"] = {
+            s: ratio(medians["trl"], medians[s]) for s in systems if s != "trl"
+        }
+        result["goal"] = "trl_over_instructray >= 2 at the SmolLM2 size (issue #3)"
+    result["mean_response_length"] = {
+        s: [r.get("summary", {}).get("mean_response_length") for r in runs[s]] for s in systems
+    }
+    result |= {
         "host": host_info(),
-        "preset": args.preset,
         "held_equal": {
             "sft_checkpoint (policy, reference)": str(sft),
             "rm_checkpoint (reward model, value-model init)": str(rm),
@@ -284,14 +297,8 @@ def main() -> None:
             "runs them one after another in one process",
             "response lengths differ with sampling (see mean_response_length)",
         ],
-        "median_iteration_s": medians,
         "runs": runs,
     }
-    if "trl" in systems:
-        result["trl_over_instructray"] = {
-            s: ratio(medians["trl"], medians[s]) for s in systems if s != "trl"
-        }
-        result["goal"] = "trl_over_instructray >= 2 at the SmolLM2 size (issue #3)"
     write_result(f"trl_compare_{args.preset}", result)
 
 

@@ -16,6 +16,7 @@ engine, and the HF fallback for reference. Two times per call: end-to-end as the
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from statistics import median
@@ -138,9 +139,10 @@ def main() -> None:
         )
         for backend in ("vllm", "hf")
         for how in ("end_to_end", "inside_actor")
-        for ref in ("torch_clone_flat", "safetensors_save_load")
+        for ref in ("torch_clone_flat", "torch_copy_preallocated", "safetensors_save_load")
     }
     result["torch_threads"] = torch.get_num_threads()
+    result["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     write_result(f"weight_sync_{args.preset}", result)
 
 

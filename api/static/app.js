@@ -166,7 +166,8 @@ function makeChart(key) {
       interaction: { mode: "nearest", intersect: false },
       scales: {
         x: { type: "linear", title: { display: true, text: "seconds since first step" } },
-        y: { type: "linear" },
+        // tokens/s (thousands) and rankings/s or pairs/s (tens) share the throughput chart
+        y: { type: key === "throughput" ? "logarithmic" : "linear" },
       },
       plugins: { legend: { labels: { boxWidth: 10, font: { size: 11 } } } },
       elements: { point: { radius: 1.5 }, line: { borderWidth: 1.5 } },

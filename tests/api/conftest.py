@@ -15,7 +15,7 @@ import pytest
 from instructray.api.app import create_app
 from instructray.api.settings import Settings
 from tests.api.fake_ray import FakeRayJobs
-from tests.api.helpers import REPO, RayCluster, serve_in_thread
+from tests.api.helpers import REPO, RayCluster, isolated_torch_extensions, serve_in_thread
 
 TOKEN = "test-token-5f2b9c"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -63,7 +63,8 @@ def ray_jobs_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCl
     # Ray's Unix socket paths (temp dir + session name + socket) must stay under 107 bytes.
     temp = base if len(str(base)) <= 40 else Path(tempfile.mkdtemp(prefix="irray-"))
     runs = tmp_path_factory.mktemp("e2e-runs")
-    cluster = RayCluster(temp, num_cpus=4, runs_root=runs)
+    env = isolated_torch_extensions(tmp_path_factory.mktemp("torch-extensions"))
+    cluster = RayCluster(temp, num_cpus=4, runs_root=runs, env=env)
     try:
         yield cluster.start()
     finally:

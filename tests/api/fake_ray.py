@@ -54,6 +54,9 @@ class FakeRayJobs:
         self._check()
         return list(self.jobs.values())
 
+    def ping(self) -> None:
+        self._check()
+
     # ---- test controls ----
     def set(self, submission_id: str, status: str, message: str | None = None) -> None:
         job = self.jobs[submission_id]

@@ -4,6 +4,7 @@ a local Ray cluster started with `ray start` in its own temp dir and ports."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -109,14 +110,45 @@ class ApiProcess:
         return self.log_path.read_text()[-n:] if self.log_path.exists() else ""
 
 
+def isolated_torch_extensions(dest: Path) -> dict[str, str]:
+    """Environment giving jobs a private copy of the JIT-built DeepSpeed ops.
+
+    torch guards every JIT load (even a no-op one) with a lock file in the shared
+    ~/.cache/torch_extensions; a process killed while holding it leaves the lock behind and every
+    later DeepSpeed job on the machine waits on it forever. A private copy of the built ops
+    (without any lock) keeps these tests clear of that; with nothing built yet, the shared folder
+    is used so the one compile benefits every later test.
+    """
+    import torch
+
+    flavour = "cpu" if torch.version.cuda is None else f"cu{torch.version.cuda.replace('.', '')}"
+    shared = (
+        Path.home()
+        / ".cache"
+        / "torch_extensions"
+        / f"py{sys.version_info[0]}{sys.version_info[1]}_{flavour}"
+    )
+    if os.environ.get("TORCH_EXTENSIONS_DIR") or not any(shared.glob("*/*.so")):
+        return {}
+    shutil.copytree(shared, dest, ignore=shutil.ignore_patterns("lock"), dirs_exist_ok=True)
+    return {"TORCH_EXTENSIONS_DIR": str(dest)}
+
+
 class RayCluster:
     """`ray start --head --block` with its own --temp-dir and ports, so neither an in-process
     ray.init() of other tests nor other Ray instances on the machine see it; torn down by
     signalling only the processes it started."""
 
-    def __init__(self, temp_dir: Path, num_cpus: int = 4, runs_root: Path | None = None) -> None:
+    def __init__(
+        self,
+        temp_dir: Path,
+        num_cpus: int = 4,
+        runs_root: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.temp_dir = temp_dir
         self.runs_root = runs_root
+        self.extra_env = env or {}
         self.num_cpus = num_cpus
         self.dashboard_port = free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
@@ -146,6 +178,7 @@ class RayCluster:
             # Jobs run `instructray run ...`: the venv's entry point must be on their PATH.
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "TOKENIZERS_PARALLELISM": "false",
+            **self.extra_env,
         }
         env.pop("RAY_ADDRESS", None)
         log = (self.temp_dir.parent / f"{self.temp_dir.name}-ray-start.log").open("w")

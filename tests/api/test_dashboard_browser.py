@@ -4,15 +4,20 @@ grow, cancel it with the button; screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.api.conftest import TOKEN
-from tests.api.helpers import ApiProcess, RayCluster
+from instructray.api.app import create_app
+from instructray.api.settings import Settings
+from tests.api.conftest import AUTH, TOKEN
+from tests.api.fake_ray import FakeRayJobs
+from tests.api.helpers import ApiProcess, RayCluster, serve_in_thread, wait_for
 from tests.api.test_e2e_ray import api_env
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +35,8 @@ POINTS_JS = """key => {
 
 @pytest.fixture(scope="module")
 def api(ray_jobs_cluster: RayCluster, artifacts_dir: Path) -> Iterator[ApiProcess]:
-    server = ApiProcess(api_env(ray_jobs_cluster), artifacts_dir / "api-browser-server.log")
+    env = api_env(ray_jobs_cluster, "browser")
+    server = ApiProcess(env, artifacts_dir / "api-browser-server.log")
     server.start()
     yield server
     server.stop()
@@ -84,9 +90,11 @@ def test_submit_watch_the_charts_grow_and_cancel(
 
     page.click("#cancel-btn")
     page.wait_for_selector("#d-status.cancelled", timeout=90_000)
-    frozen = page.evaluate(POINTS_JS, "loss")
+    final = httpx.get(f"{api.url}/jobs/{job_id}", timeout=10).json()["metrics_count"]
+    page.wait_for_function(f"() => ({POINTS_JS})('loss') === {final}", timeout=15_000)
     page.wait_for_timeout(2500)
-    assert page.evaluate(POINTS_JS, "loss") == frozen  # stopped: no new steps
+    assert page.evaluate(POINTS_JS, "loss") == final  # stopped: no new steps
+    assert httpx.get(f"{api.url}/jobs/{job_id}", timeout=10).json()["metrics_count"] == final
     page.wait_for_selector("#cancel-btn", state="hidden")
     page.wait_for_selector(f"#jobs tr[data-id='{job_id}'] .badge.cancelled", timeout=10_000)
     page.screenshot(path=str(artifacts_dir / "dashboard-cancelled.png"), full_page=True)
@@ -99,3 +107,58 @@ def test_api_docs_render_offline(api: ApiProcess, browser) -> None:
     page.goto(f"{api.url}/docs")
     page.get_by_text("/jobs/{job_id}/cancel").first.wait_for(timeout=30_000)
     assert "instructray job service" in page.inner_text("body")
+
+
+def synthetic_run_rows() -> list[dict]:
+    """One row per step of every stage, with the keys the pipeline logs (see run_log.py)."""
+    rows, t = [], time.time()
+    per_stage = {
+        "pretrain": lambda i: {"loss": 7.6 - 0.05 * i, "lr": 2e-3, "tokens_per_s": 4000 + 10 * i},
+        "sft": lambda i: {"loss": 5.6 - 0.01 * i, "lr": 5e-4, "tokens_per_s": 3500 + 5 * i},
+        "rm": lambda i: {"loss": 0.69 - 0.004 * i, "accuracy": 0.5 + 0.01 * i, "rankings_per_s": 35},
+        "ppo": lambda i: {
+            "loss": -0.02, "reward_mean": 0.4 + 0.05 * i, "kl": 0.02 * i, "approx_kl": 0.002,
+            "value_loss": 0.8 / (i + 1), "ptx_loss": 5.6, "tokens_per_s": 2800 + 40 * i,
+        },
+        "dpo": lambda i: {
+            "loss": 0.69 - 0.003 * i, "reward_margin": 0.01 * i, "reward_accuracy": 0.5 + 0.01 * i,
+            "pairs_per_s": 60,
+        },
+    }  # fmt: skip
+    for stage, metrics in per_stage.items():
+        for i in range(1, 16):
+            t += 0.5
+            rows.append({"stage": stage, "step": i, "time": t, **metrics(i)})
+    return rows
+
+
+def test_every_chart_plots_its_metrics(
+    settings: Settings, fake_ray: FakeRayJobs, browser, artifacts_dir: Path
+) -> None:
+    """All five charts against a finished run of every stage (Ray stand-in, so this needs no
+    cluster): reward, KL, losses, RM accuracy, throughput each get their series."""
+    with serve_in_thread(create_app(settings, ray=fake_ray)) as url:
+        r = httpx.post(f"{url}/jobs", json={"name": "full-recipe", "preset": "tiny"}, headers=AUTH)
+        job_id = r.json()["id"]
+        wait_for(lambda: job_id in fake_ray.jobs, 10, "the submission", 0.05)
+        run_dir = settings.runs_root / job_id
+        rows = synthetic_run_rows()
+        assert len(rows) == 75
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        fake_ray.log_text[job_id] = "[ppo] step 15/15 reward_mean=1.15 kl=0.3\ndone\n"
+        fake_ray.set(job_id, "SUCCEEDED", "Job finished successfully.")
+        page = browser.new_page(viewport={"width": 1500, "height": 1250})
+        page.goto(f"{url}/#job={job_id}")
+        page.wait_for_selector("#d-status.succeeded", timeout=20_000)
+        # 75 steps: a loss each, plus PPO's value and ptx losses
+        page.wait_for_function(f"() => ({POINTS_JS})('loss') === 105", timeout=20_000)
+        labels = page.evaluate(
+            "k => Chart.getChart(`chart-${k}`).data.datasets.map(d => d.label)", "reward"
+        )
+        assert labels == ["ppo reward (RM score)", "dpo chosen − rejected"]
+        expected = {"reward": 30, "kl": 30, "accuracy": 30, "throughput": 75, "loss": 105}
+        assert {k: page.evaluate(POINTS_JS, k) for k in expected} == expected
+        assert page.locator("figure.empty").count() == 0
+        assert page.is_hidden("#cancel-btn")
+        page.wait_for_function("() => document.querySelector('#log').textContent.includes('done')")
+        page.screenshot(path=str(artifacts_dir / "dashboard-all-charts.png"), full_page=True)

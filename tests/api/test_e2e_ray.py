@@ -35,10 +35,12 @@ PRETRAIN = {  # runs for minutes: the job to cancel
 TIMINGS: dict[str, float] = {}
 
 
-def api_env(cluster: RayCluster) -> dict[str, str]:
+def api_env(cluster: RayCluster, name: str) -> dict[str, str]:
+    """A service of its own (runs folder and database) on the shared test cluster."""
+    assert cluster.runs_root is not None
     return {
         "INSTRUCTRAY_API_RAY_ADDRESS": cluster.address,
-        "INSTRUCTRAY_API_RUNS_ROOT": str(cluster.runs_root),
+        "INSTRUCTRAY_API_RUNS_ROOT": str(cluster.runs_root / name),
         "INSTRUCTRAY_API_CONFIGS_ROOT": str(REPO / "configs"),
         "INSTRUCTRAY_API_TOKEN": TOKEN,
         "INSTRUCTRAY_API_POLL_INTERVAL_S": "0.5",
@@ -47,7 +49,8 @@ def api_env(cluster: RayCluster) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def api(ray_jobs_cluster: RayCluster, artifacts_dir: Path) -> Iterator[ApiProcess]:
-    server = ApiProcess(api_env(ray_jobs_cluster), artifacts_dir / "api-e2e-server.log")
+    env = api_env(ray_jobs_cluster, "e2e")
+    server = ApiProcess(env, artifacts_dir / "api-e2e-server.log")
     server.start()
     yield server
     server.stop()
@@ -124,7 +127,8 @@ def test_tiny_job_runs_to_success_and_survives_an_api_restart(
     assert "[sft] step 3/3" in logs and "done:" in logs
     jobs = httpx.get(f"{api.url}/jobs", timeout=10).json()
     assert sorted(j["id"] for j in jobs["items"]) == sorted([job_id, job_to_cancel])
-    assert len([j for j in ray_jobs_cluster.client().list_jobs() if j.submission_id]) == 2
+    on_ray = [j.submission_id for j in ray_jobs_cluster.client().list_jobs()]
+    assert on_ray.count(job_id) == 1 and on_ray.count(job_to_cancel) == 1
 
 
 def test_cancel_stops_a_running_job(

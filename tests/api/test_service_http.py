@@ -254,3 +254,14 @@ def test_health_prometheus_docs_and_dashboard(client: httpx.Client) -> None:
     assert "chart.umd.min.js" in page and "Submit a job" in page
     assert client.get("/static/vendor/chart.js/chart.umd.min.js").status_code == 200
     assert client.get("/presets").json()["presets"] == ["smollm2", "tiny"]
+
+
+def test_health_tells_whether_ray_answers_even_with_no_jobs(
+    client: httpx.Client, fake_ray: FakeRayJobs
+) -> None:
+    assert client.get("/healthz").json()["ray"] == "ok"
+    fake_ray.down = True
+    wait_for(lambda: "unreachable" in client.get("/healthz").json()["ray"], 15, "ray down", 0.1)
+    assert client.get("/healthz").status_code == 200  # the API itself is fine
+    fake_ray.down = False
+    wait_for(lambda: client.get("/healthz").json()["ray"] == "ok", 15, "ray back", 0.1)

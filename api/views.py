@@ -1,0 +1,49 @@
+"""The JSON shape of a job: its record joined with what its run folder shows so far."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from instructray.api.db import JobRecord, as_utc
+from instructray.api.runfiles import MetricsReader, artifacts, read_summary
+from instructray.config import STAGE_ORDER
+
+
+def job_summary(rec: JobRecord, reader: MetricsReader, latest: dict | None = None) -> dict:
+    """A row of GET /jobs."""
+    if latest is None:
+        latest = reader.tail(Path(rec.run_dir))[1]
+    return {
+        "id": rec.id,
+        "name": rec.name,
+        "status": rec.status,
+        "source": rec.source,
+        "created_at": as_utc(rec.created_at),
+        "started_at": as_utc(rec.started_at),
+        "finished_at": as_utc(rec.finished_at),
+        "stage": latest.get("stage") if latest else None,
+        "step": latest.get("step") if latest else None,
+        "cancel_requested": rec.cancel_requested,
+        "error": rec.error,
+    }
+
+
+def job_detail(rec: JobRecord, reader: MetricsReader) -> dict[str, Any]:
+    """GET /jobs/{id}: status, stage and step, latest metrics, error, artifacts, config."""
+    run_dir = Path(rec.run_dir)
+    summary = read_summary(run_dir)
+    count, latest = reader.tail(run_dir)
+    view = job_summary(rec, reader, latest)
+    stages = rec.config.get("stages") or []
+    view.update(
+        message=rec.message,
+        updated_at=as_utc(rec.updated_at),
+        stages_planned=[s for s in STAGE_ORDER if s in stages],
+        latest_metrics=latest,
+        metrics_count=count,
+        stages=(summary or {}).get("stages") or {},
+        artifacts=artifacts(run_dir, summary),
+        config=rec.config,
+    )
+    return view
