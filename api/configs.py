@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from instructray.config import JobConfig
+from instructray.config import ConfigError, JobConfig, set_dotted, validation_problems
 
 PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -137,17 +137,10 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         if not isinstance(key, str) or not OVERRIDE_KEY.match(key):
             errors.append(FieldError(f"overrides.{key}", "keys are dotted names like sft.lr"))
             continue
-        parts = key.split(".")
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                where = ".".join(parts[: i + 1])
-                errors.append(FieldError(key, f"{where} is a value, not a section"))
-                break
-            node = child
-        else:
-            node[parts[-1]] = value
+        try:
+            set_dotted(data, key.split("."), value)
+        except ConfigError as err:
+            errors.append(FieldError(key, str(err)))
     if errors:
         raise InvalidConfig(errors)
     return data
@@ -157,17 +150,7 @@ def validate(data: dict[str, Any]) -> JobConfig:
     try:
         return JobConfig.model_validate(data)
     except ValidationError as err:
-        errors = []
-        for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "<root>"
-            message = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "extra_forbidden":
-                message = "unknown key (check the spelling; see the presets for all keys)"
-            got = e.get("input")
-            if not isinstance(got, dict | list) and e["type"] != "missing":
-                message += f" (got {got!r})"
-            errors.append(FieldError(where, message))
-        raise InvalidConfig(errors) from None
+        raise InvalidConfig([FieldError(f, m) for f, m in validation_problems(err)]) from None
 
 
 def confine_paths(cfg: JobConfig, roots: list[Path]) -> JobConfig:

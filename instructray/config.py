@@ -298,30 +298,45 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
 
 
+def set_dotted(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """``data[a][b][c] = value`` for ``path == [a, b, c]``, creating sections on the way."""
+    node = data
+    for i, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(path[: i + 1])} is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for item in overrides:
         path, value = parse_override(item)
-        node = data
-        for i, part in enumerate(path[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                where = ".".join(path[: i + 1])
-                raise ConfigError(f"--set {item!r}: {where} is a value, not a section")
-            node = child
-        node[path[-1]] = value
+        try:
+            set_dotted(data, path, value)
+        except ConfigError as err:
+            raise ConfigError(f"--set {item!r}: {err}") from None
     return data
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"invalid configuration ({err.error_count()} problem(s)):"]
+def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
+    """(dotted field path, what is wrong with the value given) for each pydantic error."""
+    problems = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "<root>"
         message = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see configs/tiny.yaml for all keys)"
         got = e.get("input")
-        shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
-        lines.append(f"  {source}: {where}: {message}{shown}")
+        if not isinstance(got, dict | list) and e["type"] != "missing":
+            message += f" (got {got!r})"
+        problems.append((where, message))
+    return problems
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"invalid configuration ({err.error_count()} problem(s)):"]
+    lines += [f"  {source}: {where}: {message}" for where, message in validation_problems(err)]
     return "\n".join(lines)
 
 
