@@ -14,9 +14,13 @@ from instructray.orchestrator.pipeline import run_job
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_malformed_user_data_fails_before_ray_starts(tmp_path: Path) -> None:
-    import ray
+def test_malformed_user_data_fails_before_ray_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_ray(_cfg: object) -> None:
+        raise AssertionError("Ray was started before the data files were checked")
 
+    monkeypatch.setattr("instructray.orchestrator.pipeline.init_ray", no_ray)
     sft = tmp_path / "sft.jsonl"
     sft.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
     cfg = load_config(
@@ -33,6 +37,5 @@ def test_malformed_user_data_fails_before_ray_starts(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError) as err:
         run_job(cfg)
     assert err.value.line == 2 and "response" in str(err.value) and str(sft) in str(err.value)
-    assert not ray.is_initialized()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "line 2" in summary["error"]
