@@ -138,7 +138,9 @@ def _traced_class(base: type, role: str, log_dir: str) -> type:
             try:
                 return fn(self, *args, **kwargs)
             finally:
-                row = {"role": role, "method": name, "pid": os.getpid()}
+                torch = sys.modules.get("torch")
+                threads = torch.get_num_threads() if torch is not None else None
+                row = {"role": role, "method": name, "pid": os.getpid(), "threads": threads}
                 row |= {"start": start, "end": time.time()}
                 with open(f"{log_dir}/{os.getpid()}.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -194,6 +196,11 @@ def union_seconds(spans: list[tuple[float, float]], lo: float, hi: float) -> flo
 def pid_roles(intervals: list[dict[str, Any]]) -> dict[int, str]:
     """Role of each traced actor process of a run."""
     return {row["pid"]: row["role"] for row in intervals}
+
+
+def torch_threads(intervals: list[dict[str, Any]]) -> dict[str, int | None]:
+    """torch.get_num_threads() in each role's actor (rank 0 if several), as last seen."""
+    return {row["role"]: row.get("threads") for row in sorted(intervals, key=lambda r: r["end"])}
 
 
 # -- one PPO run -----------------------------------------------------------------------------
@@ -298,4 +305,5 @@ def run_ppo(cfg: Any, run_dir: Path, sampler: RSSSampler) -> dict[str, Any]:
         "summary": summarize(per_iter),
         "per_iteration": per_iter,
         "memory": memory,
+        "actor_torch_threads": torch_threads(intervals),
     }
