@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import ray
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -81,10 +79,3 @@ class ActorGroup:
 
 def wait(refs: Sequence[ray.ObjectRef]) -> list[Any]:
     return ray.get(list(refs))
-
-
-def first(results: Sequence[T | None]) -> T:
-    """The rank-0 result of a collective call (the others return None)."""
-    value = results[0]
-    assert value is not None
-    return value

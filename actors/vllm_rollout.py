@@ -7,7 +7,6 @@ log-probs for the importance-sampling correction."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 
@@ -112,6 +111,3 @@ class VLLMRolloutActor(RankActor):
 
     def wake_up(self) -> None:
         self.llm.wake_up()
-
-    def engine_info(self) -> dict[str, Any]:
-        return {"backend": "vllm", "model": self.llm.llm_engine.model_config.model}
