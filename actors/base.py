@@ -6,11 +6,14 @@ math lives in `instructray.algorithms` and `instructray.training`, never here.
 
 from __future__ import annotations
 
+import shutil
 import socket
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from instructray.rollout.weights import without_tied_output, write_file
 from instructray.training.engine import EngineSpec, build_engine, full_state_dict, init_distributed
 from instructray.training.forward import Batch, to_device
 
@@ -52,26 +55,53 @@ class RankActor:
     def _batch(self, batch: Batch) -> Batch:
         return to_device(batch, self.device)
 
-    def state_dict(self) -> dict[str, torch.Tensor] | None:
+    def state_dict(self, copy: bool = True) -> dict[str, torch.Tensor] | None:
         """Full weights on rank 0 (None elsewhere); all ranks must call it under ZeRO-3."""
         if self.engine is not None:
-            return full_state_dict(self.engine)
+            return full_state_dict(self.engine, copy=copy)
         assert self.model is not None
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def _tied_output(self) -> bool:
+        return bool(getattr(getattr(self.model, "config", None), "tie_word_embeddings", False))
+
+    # -- weight sync into rollout engines (see orchestrator.weight_sync) ----------------------
+    # A tied lm_head is sent too: vLLM's in-place reload on CPU leaves stale output logits
+    # (greedy tokens right, log-probs off by up to 0.24) when only the embedding arrives.
+    def write_weights(self, path: str) -> int | None:
+        """Rank 0 writes the full weights to one safetensors file (in shared memory) and
+        returns its size; every rank must call it under ZeRO-3."""
+        state = self.state_dict(copy=False)
+        return None if state is None else write_file(state, path)
+
+    def weights_bytes(self) -> int:
+        """Bytes of the full model (ZeRO-3 partitioned parameters counted whole)."""
+        assert self.model is not None
+        return sum(
+            getattr(p, "ds_numel", p.numel()) * p.element_size() for p in self.model.parameters()
+        )
+
+    def remove_file(self, path: str) -> None:
+        Path(path).unlink(missing_ok=True)
+
+    def host_info(self, directory: str) -> dict[str, Any]:
+        """This actor's Ray node and the free bytes under ``directory`` (None if missing)."""
+        import ray
+
+        free = shutil.disk_usage(directory).free if Path(directory).is_dir() else None
+        return {"node_id": ray.get_runtime_context().get_node_id(), "free_bytes": free}
 
     def save_checkpoint(self, out_dir: str) -> str | None:
         """Write an HF folder that loads in plain transformers; every rank must call it."""
         from instructray.models import save_hf_checkpoint
 
         state = self.state_dict()
-        if self.rank != 0:
+        if self.rank != 0 or state is None:
             return None
         assert self.model is not None
-        model = self.model
-        model.config.use_cache = True
-        if state is not None and getattr(model.config, "tie_word_embeddings", False):
-            state.pop("lm_head.weight", None)  # the same tensor as the input embeddings
-        save_hf_checkpoint(model, self.tokenizer, out_dir, state_dict=state)
+        self.model.config.use_cache = True
+        state = without_tied_output(state, self._tied_output())
+        save_hf_checkpoint(self.model, self.tokenizer, out_dir, state_dict=state)
         return out_dir
 
     def load_tokenizer(self, path: str) -> None:

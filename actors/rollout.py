@@ -12,6 +12,7 @@ import torch
 from instructray.actors.base import RankActor
 from instructray.config import SamplingConfig
 from instructray.models import load_causal_lm
+from instructray.rollout.weights import read_file, state_bytes
 from instructray.training.engine import torch_dtype
 from instructray.training.forward import Batch
 
@@ -35,8 +36,15 @@ class HFRolloutActor(RankActor):
         assert self.model is not None
         start = time.perf_counter()
         self.model.load_state_dict(state_dict, strict=True)
-        nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
-        return {"sync_seconds": time.perf_counter() - start, "sync_bytes": float(nbytes)}
+        return {
+            "sync_seconds": time.perf_counter() - start,
+            "sync_bytes": float(state_bytes(state_dict)),
+        }
+
+    def load_weights_file(self, path: str) -> dict[str, float]:
+        start = time.perf_counter()
+        info = self.load_weights(dict(read_file(path)))
+        return info | {"sync_seconds": time.perf_counter() - start}
 
     def sleep(self) -> None:
         """Free the device for colocated trainers (weights parked in host memory)."""

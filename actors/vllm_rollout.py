@@ -6,6 +6,7 @@ log-probs for the importance-sampling correction."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -101,8 +102,20 @@ class VLLMRolloutActor(RankActor):
             )
         self.llm.reset_prefix_cache()
         seconds = time.perf_counter() - start
-        total = sum(tensor_bytes(t) for t in state_dict.values())
+        total = sum(tensor_bytes(t) for b in buckets for t in b.values())
         return {"sync_seconds": seconds, "sync_bytes": float(total), "sync_buckets": len(buckets)}
+
+    def load_weights_file(self, path: str) -> dict[str, float]:
+        """Reload from a safetensors file on this node (shared memory): every worker maps the
+        file and copies tensor by tensor, so nothing is serialised or sent."""
+        start = time.perf_counter()
+        reload_seconds = self.llm.collective_rpc("reload_weights_file", args=(path,))
+        self.llm.reset_prefix_cache()
+        return {
+            "sync_seconds": time.perf_counter() - start,
+            "sync_bytes": float(os.path.getsize(path)),
+            "sync_reload_seconds": max(reload_seconds),
+        }
 
     def sleep(self) -> None:
         """Release weights and KV cache from the GPU while colocated trainers run (level 1

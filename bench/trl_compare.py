@@ -67,8 +67,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def instructray_overrides(args: argparse.Namespace, backend: str) -> list[str]:
+    # Like TRL, which takes π_old from the generation logits, the vLLM run takes it from the
+    # engine (exact here: float32 on both sides); the HF engine returns no log-probs.
+    old_logprobs = "engine" if backend == "vllm" else "recompute"
     return [
         f"rollout.backend={backend}",
+        f"ppo.old_logprobs={old_logprobs}",
         f"ppo.iterations={args.iterations}",
         f"ppo.rollout_batch_size={args.prompts}",
         "ppo.samples_per_prompt=1",
@@ -285,10 +289,11 @@ def main() -> None:
         },
         "differs": [
             "instructray: 5 Ray actor processes (policy and critic each a 1-rank DeepSpeed "
-            "ZeRO-2 engine, reference, reward, rollout engine) sharing the 2 cores; TRL: one "
+            "engine, reference, reward, rollout engine) sharing the 2 cores; TRL: one "
             "process with all four models (torch threads = cores)",
-            "instructray recomputes old log-probs with a policy forward pass; TRL takes them "
-            "from the generation logits (output_scores)",
+            "old log-probs: instructray-vllm takes the engine's (ppo.old_logprobs=engine), "
+            "TRL the generation logits (output_scores); instructray-hf recomputes them with a "
+            "policy forward pass",
             "instructray runs policy and critic updates in two actors side by side; TRL "
             "updates them together (one loss, one AdamW, no grad clipping)",
             "instructray syncs the weights into the rollout engine every iteration; TRL "

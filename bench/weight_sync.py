@@ -3,14 +3,16 @@
     python bench/weight_sync.py [--preset tiny|smollm2] [--repeats N]
 
 The policy's state dict (the preset's SFT model, as a policy actor's ``state_dict()`` returns
-it: one CPU copy per tensor, tied ``lm_head`` included) is put in Ray's object store once, then
-``load_weights(ref)`` is called on a rollout actor started with `start_rollout` — the vLLM
-engine, and the HF fallback for reference. Two times per call: end-to-end as the driver sees it
-(object-store fetch + unpickling in the actor + the method + the reply) and the actor's own
-``sync_seconds`` (inside the method: bucketing, safetensors packing, the RPC into vLLM's worker,
-``reload_weights``). In-process references on the same host, same bytes: one tensor clone
-(allocation included), a copy into a preallocated tensor, a per-tensor state-dict clone, safetensors save+load, and a Ray put+get. Reports GB/s
-(1e9 bytes/s) for each and the ratios. Writes bench/results/weight_sync_<preset>.json.
+it: one CPU copy per tensor, tied ``lm_head`` included) goes into a rollout actor started with
+`start_rollout` — the vLLM engine, and the HF fallback for reference — by both transports of
+`orchestrator.weight_sync`: ``shm`` (one safetensors file written to /dev/shm, reloaded from
+there by the engine's workers, removed) and ``object_store`` (put once; ``load_weights(ref)``:
+fetch, buckets, RPC into vLLM's worker, ``reload_weights``). Two times per call: end-to-end as
+the driver sees it (for shm the file write included) and the actor's own ``sync_seconds``.
+In-process references on the same host, same bytes: one tensor clone (allocation included), a
+copy into a preallocated tensor, a per-tensor state-dict clone, safetensors save+load, and a Ray
+put+get. Reports GB/s (1e9 bytes/s) for each and the ratios. Writes
+bench/results/weight_sync_<preset>.json.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from statistics import median
 from typing import Any
 
@@ -41,35 +44,58 @@ def rate(nbytes: int, seconds: list[float]) -> dict[str, float]:
     return {"median_s": round(s, 5), "GB_per_s": round(nbytes / s / 1e9, 3)}
 
 
-def engine_sync(cfg: Any, path: str, state_ref: Any, repeats: int) -> dict[str, Any]:
+def engine_sync(
+    cfg: Any, path: str, state: dict[str, Any], state_ref: Any, repeats: int
+) -> dict[str, Any]:
+    """Both transports into one engine: ``shm`` (write one safetensors file to /dev/shm, the
+    engine reloads from it, the file is removed — as `orchestrator.weight_sync` does) and
+    ``object_store`` (``load_weights(ref)``: fetch, bucket, RPC, reload)."""
     import ray
 
     from instructray.orchestrator.roles import start_rollout
+    from instructray.rollout.weights import write_file
 
     started = time.perf_counter()
     group = start_rollout(cfg, path)
     startup = time.perf_counter() - started
     actor = group.actors[0]
-    driver_s, actor_s, info = [], [], {}
+    shm_file = Path("/dev/shm") / f"instructray-bench-{os.getpid()}.safetensors"
+
+    def through_shm() -> dict[str, Any]:
+        try:
+            write_file(state, shm_file)
+            return ray.get(actor.load_weights_file.remote(str(shm_file)))
+        finally:
+            shm_file.unlink(missing_ok=True)
+
+    calls = {
+        "shm": through_shm,
+        "object_store": lambda: ray.get(actor.load_weights.remote(state_ref)),
+    }
+    result: dict[str, Any] = {"engine_startup_s": round(startup, 2)}
     try:
-        for i in range(repeats + 1):
-            start = time.perf_counter()
-            info = ray.get(actor.load_weights.remote(state_ref))
-            if i:  # the first call is the warm-up
-                driver_s.append(time.perf_counter() - start)
-                actor_s.append(info["sync_seconds"])
+        for transport, call in calls.items():
+            driver_s, actor_s, info = [], [], {}
+            for i in range(repeats + 1):
+                start = time.perf_counter()
+                info = call()
+                if i:  # the first call is the warm-up
+                    driver_s.append(time.perf_counter() - start)
+                    actor_s.append(info["sync_seconds"])
+            nbytes = int(info["sync_bytes"])
+            result[transport] = {
+                "sync_bytes": nbytes,
+                "sync_buckets": info.get("sync_buckets"),
+                "end_to_end": rate(nbytes, driver_s),
+                "inside_actor": rate(nbytes, actor_s),
+                "samples_end_to_end_s": [round(x, 4) for x in driver_s],
+                "samples_inside_actor_s": [round(x, 4) for x in actor_s],
+            }
+            if "sync_reload_seconds" in info:
+                result[transport]["reload_in_worker_s"] = round(info["sync_reload_seconds"], 4)
     finally:
         group.shutdown()
-    nbytes = int(info["sync_bytes"])
-    return {
-        "engine_startup_s": round(startup, 2),
-        "sync_bytes": nbytes,
-        "sync_buckets": info.get("sync_buckets"),
-        "end_to_end": rate(nbytes, driver_s),
-        "inside_actor": rate(nbytes, actor_s),
-        "samples_end_to_end_s": [round(x, 4) for x in driver_s],
-        "samples_inside_actor_s": [round(x, 4) for x in actor_s],
-    }
+    return result
 
 
 def raw_copies(state: dict[str, Any], nbytes: int, repeats: int) -> dict[str, Any]:
@@ -129,18 +155,24 @@ def main() -> None:
         for backend in ("vllm", "hf"):
             backend_cfg = ppo_config(args.preset, sft, rm, [f"rollout.backend={backend}"])
             print(f"== {backend} engine", flush=True)
-            result[backend] = engine_sync(backend_cfg, str(sft), state_ref, args.repeats)
+            result[backend] = engine_sync(backend_cfg, str(sft), state, state_ref, args.repeats)
     finally:
         ray.shutdown()
     raw = result["raw_in_process"]
     result["ratios"] = {
-        f"{backend}_{how}_over_{ref}": round(
-            result[backend][how]["GB_per_s"] / raw[ref]["GB_per_s"], 4
+        f"{backend}_{transport}_{how}_over_{ref}": round(
+            result[backend][transport][how]["GB_per_s"] / raw[ref]["GB_per_s"], 4
         )
         for backend in ("vllm", "hf")
+        for transport in ("shm", "object_store")
         for how in ("end_to_end", "inside_actor")
-        for ref in ("torch_clone_flat", "torch_copy_preallocated", "safetensors_save_load")
+        for ref in ("torch_copy_preallocated", "safetensors_save_load")
     }
+    result["vllm_shm_speedup_end_to_end"] = round(
+        result["vllm"]["object_store"]["end_to_end"]["median_s"]
+        / result["vllm"]["shm"]["end_to_end"]["median_s"],
+        2,
+    )
     result["torch_threads"] = torch.get_num_threads()
     result["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     write_result(f"weight_sync_{args.preset}", result)

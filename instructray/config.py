@@ -128,7 +128,17 @@ class RolloutConfig(Section):
     cpu_kv_cache_gib: PositiveFloat = Field(1.0, description="KV cache of vLLM on CPU.")
     enforce_eager: bool = True
     seed: int = 0
-    sync_bucket_mb: PositiveInt = Field(256, description="Weight-sync bucket size.")
+    weight_sync: Literal["auto", "shm", "object_store"] = Field(
+        "auto",
+        description="How new policy weights reach the engines: shm (one safetensors file in "
+        "shared memory, same node only), object_store (buckets through Ray, any node), or "
+        "auto: shm when the policy's rank 0 and every engine share a node with room in "
+        "shm_dir, else object_store.",
+    )
+    shm_dir: str = Field("/dev/shm", description="Shared-memory folder for weight_sync=shm.")
+    sync_bucket_mb: PositiveInt = Field(
+        256, description="Bucket size of the object_store weight sync."
+    )
     colocate: bool = Field(
         False,
         description="Share devices: policy, reference and engine on one GPU, the engine "
@@ -159,6 +169,13 @@ class PPOStageConfig(Section):
         None,
         description="Truncated importance sampling: weight each token's policy loss by "
         "min(π_old/π_engine, tis_cap) to correct the engine/trainer log-prob mismatch.",
+    )
+    old_logprobs: Literal["recompute", "engine"] = Field(
+        "recompute",
+        description="π_old of the PPO ratio: recompute (a policy forward pass over the "
+        "rollouts) or engine (the vLLM engine's sampled-token log-probs, saving that pass; "
+        "exact only where engine and trainer agree, e.g. float32 — see the "
+        "engine_logprob_abs_diff metric of a recompute run before switching).",
     )
     async_queue: Annotated[int, Field(ge=0, le=4)] = Field(
         0,
@@ -200,7 +217,9 @@ class RoleResources(Section):
 
 class ResourcesConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    zero_stage: Annotated[int, Field(ge=0, le=3)] = 2
+    zero_stage: Annotated[int, Field(ge=0, le=3)] = Field(
+        2, description="DeepSpeed ZeRO stage of multi-rank roles (a one-rank role runs stage 0)."
+    )
     torch_threads: PositiveInt | None = None
     policy: RoleResources = RoleResources()
     critic: RoleResources = RoleResources()
@@ -273,10 +292,19 @@ class JobConfig(Section):
                 f"ppo.rollout_batch_size ({self.ppo.rollout_batch_size}) is smaller "
                 f"than rollout.num_engines ({self.rollout.num_engines})"
             )
-        if self.ppo.tis_cap is not None and self.rollout.backend != "vllm":
+        for name, used in (
+            ("ppo.tis_cap", self.ppo.tis_cap is not None),
+            ("ppo.old_logprobs=engine", self.ppo.old_logprobs == "engine"),
+        ):
+            if used and self.rollout.backend != "vllm":
+                raise ValueError(
+                    f"{name} needs the engine's own log-probs: set rollout.backend "
+                    f"to vllm or remove {name}"
+                )
+        if self.ppo.tis_cap is not None and self.ppo.old_logprobs == "engine":
             raise ValueError(
-                "ppo.tis_cap needs the engine's own log-probs: set rollout.backend "
-                "to vllm or remove ppo.tis_cap"
+                "ppo.tis_cap corrects the gap between trainer and engine log-probs, which "
+                "ppo.old_logprobs=engine removes (every weight would be 1): drop one of them"
             )
         if "dpo" in stages and "rm" not in stages and not self.data.preferences:
             raise ValueError(

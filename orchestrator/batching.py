@@ -18,7 +18,9 @@ Batch = dict[str, torch.Tensor]
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    # Callers truncate (prompts from the left); verbose=False drops transformers' warning
+    # about sequences longer than the model before that happens.
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def pad_right(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,8 @@ class Experience:
     """[B] long, index of the prompt a sample came from (n samples share one id)."""
     # -- from the policy, the frozen reference, the reward model and the critic ------------
     logprobs: torch.Tensor
-    """[B, R] log π_old(a_t | s_t) from the policy that generated the batch."""
+    """[B, R] log π_old(a_t | s_t): the policy's forward pass over the batch, or the engine's
+    own sampled-token log-probs with ``ppo.old_logprobs: engine``."""
     ref_logprobs: torch.Tensor
     """[B, R] log π_SFT(a_t | s_t) from the frozen reference (the SFT model)."""
     scores: torch.Tensor

@@ -33,6 +33,7 @@ from instructray.data import PromptExample, TextExample
 from instructray.orchestrator.batching import cycle, lm_batch, prompt_ids
 from instructray.orchestrator.experience import Experience, merge_rollouts
 from instructray.orchestrator.stages.common import Stopwatch
+from instructray.orchestrator.weight_sync import choose_weight_sync
 
 Batch = dict[str, torch.Tensor]
 
@@ -84,6 +85,7 @@ class PPOCoordinator:
         self.cfg = cfg
         self.colocate = rollout_cfg.colocate
         self.roles = roles
+        self.weight_sync = choose_weight_sync(rollout_cfg, roles.policy, roles.rollout)
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.max_seq_len = max_seq_len
@@ -127,7 +129,7 @@ class PPOCoordinator:
             **timings,
         }
         metrics["tokens_per_s"] = mask.sum().item() / max(timings["time_generate"], 1e-9)
-        if exp.rollout_logprobs is not None:
+        if exp.rollout_logprobs is not None and self.cfg.old_logprobs == "recompute":
             metrics |= engine_mismatch(exp.logprobs, exp.rollout_logprobs, mask)
         if exp.is_weights is not None:
             metrics["is_weight_mean"] = masked_mean(exp.is_weights, mask).item()
@@ -168,7 +170,11 @@ class PPOCoordinator:
     def make_experience(self, rollout: Batch, group_ids: torch.Tensor) -> Experience:
         """Score the rollouts on every model at once, then shape rewards and advantages."""
         roles, cfg = self.roles, self.cfg
-        policy_refs = forward_on(roles.policy, lambda a: a.action_logprobs, rollout)
+        engine_logprobs = rollout.get("rollout_logprobs")
+        from_engine = cfg.old_logprobs == "engine" and engine_logprobs is not None
+        policy_refs = (
+            [] if from_engine else forward_on(roles.policy, lambda a: a.action_logprobs, rollout)
+        )
         ref_refs = forward_on(roles.reference, lambda a: a.action_logprobs, rollout)
         score_refs = forward_on(roles.reward, lambda a: a.scores, rollout)
         value_refs = (
@@ -176,7 +182,7 @@ class PPOCoordinator:
             if roles.critic is not None
             else []
         )
-        logprobs = torch.cat(wait(policy_refs))
+        logprobs = engine_logprobs if from_engine else torch.cat(wait(policy_refs))
         ref_logprobs = torch.cat(wait(ref_refs))
         scores = torch.cat(wait(score_refs))
         values = torch.cat(wait(value_refs)) if value_refs else None
@@ -197,7 +203,6 @@ class PPOCoordinator:
         )
         if cfg.whiten_advantages:
             advantages = whiten(advantages, mask)
-        engine_logprobs = rollout.get("rollout_logprobs")
         is_weights = None
         if cfg.tis_cap is not None and engine_logprobs is not None:
             is_weights = truncated_is_weights(logprobs, engine_logprobs, mask, cfg.tis_cap)
@@ -252,11 +257,6 @@ class PPOCoordinator:
         return {k: fmean(row[k] for row in rows if k in row) for k in sorted(keys)}
 
     def sync_weights(self) -> dict[str, float]:
-        """Make the updated policy the one that generates: rank 0's gathered weights go through
-        Ray's object store to every engine (which may first wake up, when colocated)."""
-        state_refs = self.roles.policy.submit(lambda a, _r: a.state_dict.remote())
-        if self.colocate:
-            self.roles.rollout.call(lambda a, _r: a.wake_up.remote())
-        infos = self.roles.rollout.call(lambda a, _r: a.load_weights.remote(state_refs[0]))
-        wait(state_refs)
-        return infos[0] or {}
+        """Make the updated policy the one that generates (engines wake up first when
+        colocated); the transport was chosen from the actors' placement at start."""
+        return self.weight_sync(self.roles.policy, self.roles.rollout)

@@ -1,4 +1,4 @@
-"""A vLLM worker extension: receives weight buckets and reloads the model in place.
+"""A vLLM worker extension: receives new weights and reloads the model in place.
 
 vLLM mixes this class into its workers (``LLM(worker_extension_cls=...)``) and the rollout
 actor calls its methods with ``collective_rpc``. vLLM's in-place reload re-initialises every layer
@@ -7,9 +7,11 @@ in one pass, so buckets are collected and handed to ``reload_weights`` together 
 
 from __future__ import annotations
 
+import time
+
 import torch
 
-from instructray.rollout.weights import unpack
+from instructray.rollout.weights import read_file, unpack
 
 
 class WeightSyncExtension:
@@ -25,3 +27,9 @@ class WeightSyncExtension:
             weights, self._pending = self._pending, []
             self.model_runner.reload_weights(weights_iterator=iter(weights))  # type: ignore[attr-defined]
         return count
+
+    def reload_weights_file(self, path: str) -> float:
+        """Reload from a safetensors file in shared memory, tensor by tensor; returns seconds."""
+        start = time.perf_counter()
+        self.model_runner.reload_weights(weights_iterator=read_file(path))  # type: ignore[attr-defined]
+        return time.perf_counter() - start

@@ -69,16 +69,17 @@ def build_engine(model: torch.nn.Module, spec: EngineSpec) -> Any:
     return engine
 
 
-def full_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
+def full_state_dict(engine: Any, copy: bool = True) -> dict[str, torch.Tensor] | None:
     """Every rank must call this (ZeRO-3 gathers collectively); rank 0 gets CPU tensors,
-    the other ranks get None."""
+    the other ranks get None. ``copy=False`` lets rank 0 hand out views of its live CPU
+    parameters below ZeRO-3 (for a caller that only reads them before the next step)."""
     if engine.zero_optimization_stage() == 3:
         state = engine._zero3_consolidated_16bit_state_dict()
     else:
         state = engine.module.state_dict() if engine.global_rank == 0 else None
     if state is None:
         return None
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+    return {k: v.detach().to("cpu", copy=copy) for k, v in state.items()}
 
 
 def current_lr(engine: Any) -> float:

@@ -75,6 +75,7 @@ def run(ctx: JobContext) -> Path:
             cfg.model.max_seq_len,
             cfg.seed,
         )
+        ctx.log.info(f"[ppo] weight sync into the engines: {coordinator.weight_sync.transport}")
         history = []
         for iteration in range(1, scfg.iterations + 1):
             metrics = coordinator.train_step(iteration)

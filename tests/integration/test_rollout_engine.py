@@ -3,6 +3,7 @@ async and colocated PPO modes."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from statistics import fmean
 
@@ -13,6 +14,7 @@ from instructray.config import JobConfig, SamplingConfig, load_config
 from instructray.models import load_causal_lm, load_tokenizer
 from instructray.orchestrator.pipeline import run_job
 from instructray.orchestrator.roles import start_rollout
+from instructray.rollout.weights import write_file
 from instructray.run_log import read_metrics
 from instructray.training.forward import action_logprobs
 
@@ -20,45 +22,61 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
-def test_weight_sync_is_exact(tiny_run: Path, ray_cluster) -> None:
-    """After an in-place sync the engine's greedy tokens and log-probs equal the policy's own
-    forward pass on the new weights."""
-    ckpt = tiny_run / "checkpoints"
-    cfg = JobConfig.model_validate({"rollout": {"backend": "vllm"}})
-    engine = start_rollout(cfg, str(ckpt / "sft"))
-    try:
-        tok = load_tokenizer(ckpt / "sft")
-        prompts = [
-            tok(t, add_special_tokens=False)["input_ids"]
-            for t in ("This movie is", "A dull and", "The best film of the year")
-        ]
-        greedy = SamplingConfig(temperature=0.0, max_new_tokens=12)
-        before = engine.call_rank0(lambda a: a.generate.remote(prompts, greedy, 1, 0))
-
-        new_policy = load_causal_lm(ckpt / "ppo", torch.float32).eval()
-        info = engine.call_rank0(lambda a: a.load_weights.remote(new_policy.state_dict()))
-        after = engine.call_rank0(lambda a: a.generate.remote(prompts, greedy, 1, 0))
-    finally:
-        engine.shutdown()
-    assert info["sync_buckets"] >= 1 and info["sync_bytes"] > 1e6
-
-    width = after["action_mask"].shape[1]
+def _assert_engine_matches(policy: torch.nn.Module, out: dict, prompts: list, tok) -> None:
+    """The engine's greedy tokens are ``policy``'s and its log-probs equal ``policy``'s own."""
+    width = out["action_mask"].shape[1]
     for i, prompt in enumerate(prompts):
-        reference = new_policy.generate(
+        reference = policy.generate(
             torch.tensor([prompt]),
             max_new_tokens=12,
             do_sample=False,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )[0, len(prompt) :]
-        n = int(after["action_mask"][i].sum())
-        assert after["sequences"][i, -width:][:n].tolist() == reference.tolist()
+        n = int(out["action_mask"][i].sum())
+        assert out["sequences"][i, -width:][:n].tolist() == reference.tolist()
     with torch.no_grad():
-        logps, _ = action_logprobs(new_policy, after["sequences"], after["attention_mask"], width)
-    mask = after["action_mask"]
-    assert (logps - after["rollout_logprobs"]).abs()[mask].max() < 1e-4
-    # The sync changed what the engine generates (the PPO policy differs from SFT).
+        logps, _ = action_logprobs(policy, out["sequences"], out["attention_mask"], width)
+    mask = out["action_mask"]
+    diff = (logps - out["rollout_logprobs"]).abs()[mask].max()
+    assert diff < 1e-4
+
+
+def test_weight_sync_is_exact(tiny_run: Path, ray_cluster, tmp_path: Path) -> None:
+    """Both transports reload in place exactly: after a sync the engine's greedy tokens and
+    log-probs equal the policy's own forward pass on the new weights. PPO weights go in through
+    a shared-memory file, then the SFT weights come back through object-store buckets."""
+    ckpt = tiny_run / "checkpoints"
+    cfg = JobConfig.model_validate({"rollout": {"backend": "vllm"}})
+    shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path
+    path = shm / f"instructray-test-{uuid.uuid4().hex}.safetensors"
+    tok = load_tokenizer(ckpt / "sft")
+    prompts = [
+        tok(t, add_special_tokens=False)["input_ids"]
+        for t in ("This movie is", "A dull and", "The best film of the year")
+    ]
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=12)
+    ppo_policy = load_causal_lm(ckpt / "ppo", torch.float32).eval()
+    sft_policy = load_causal_lm(ckpt / "sft", torch.float32).eval()
+    engine = start_rollout(cfg, str(ckpt / "sft"))
+    try:
+        before = engine.call_rank0(lambda a: a.generate.remote(prompts, greedy, 1, 0))
+        write_file(ppo_policy.state_dict(), path)  # tied embeddings: one storage, two names
+        file_info = engine.call_rank0(lambda a: a.load_weights_file.remote(str(path)))
+        after = engine.call_rank0(lambda a: a.generate.remote(prompts, greedy, 1, 0))
+        bucket_info = engine.call_rank0(lambda a: a.load_weights.remote(sft_policy.state_dict()))
+        back = engine.call_rank0(lambda a: a.generate.remote(prompts, greedy, 1, 0))
+    finally:
+        engine.shutdown()
+        path.unlink(missing_ok=True)
+    assert file_info["sync_bytes"] > 1e6 and file_info["sync_reload_seconds"] > 0
+    assert bucket_info["sync_buckets"] >= 1 and bucket_info["sync_bytes"] > 1e6
+    _assert_engine_matches(ppo_policy, after, prompts, tok)
+    _assert_engine_matches(sft_policy, back, prompts, tok)
+    # The syncs changed what the engine generates (the PPO policy differs from SFT), and the
+    # SFT weights brought the SFT outputs back token for token.
     assert not torch.equal(before["sequences"], after["sequences"])
+    assert torch.equal(before["sequences"], back["sequences"])
 
 
 def _ppo(tiny_run: Path, run_dir: Path, *overrides: str) -> list[dict]:
@@ -103,3 +121,14 @@ def test_colocated_ppo_raises_reward(tiny_run: Path, ray_cluster, tmp_path: Path
     rows = _ppo(tiny_run, tmp_path, "rollout.colocate=true")
     _rises(rows)
     assert all(r["engine_logprob_abs_diff"] < 1e-4 for r in rows)  # synced every step
+
+
+def test_engine_old_logprobs_over_object_store_sync_raise_reward(
+    tiny_run: Path, ray_cluster, tmp_path: Path
+) -> None:
+    """π_old from the engine (no policy forward pass over the rollouts) and the cross-node
+    transport, in a real PPO loop."""
+    rows = _ppo(tiny_run, tmp_path, "ppo.old_logprobs=engine", "rollout.weight_sync=object_store")
+    _rises(rows)
+    assert all(r["sync_buckets"] >= 1 for r in rows)  # object-store buckets, not shm
+    assert "engine_logprob_abs_diff" not in rows[0]  # nothing recomputed to compare with

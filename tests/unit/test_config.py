@@ -229,6 +229,19 @@ def test_rm_without_task_needs_preferences():
     assert "stage 'rm' needs data.preferences (or data.task)" in msg
 
 
+@pytest.mark.parametrize("option", ["ppo.tis_cap=2.0", "ppo.old_logprobs=engine"])
+def test_engine_logprob_options_need_vllm(option):
+    msg = _error(["rollout.backend=hf", option])
+    name = option if "engine" in option else option.split("=")[0]
+    assert f"{name} needs the engine's own log-probs: set rollout.backend to vllm" in msg
+    assert load_config(None, [option]).rollout.backend == "vllm"
+
+
+def test_tis_and_engine_old_logprobs_exclude_each_other():
+    msg = _error(["ppo.tis_cap=2.0", "ppo.old_logprobs=engine"])
+    assert "ppo.tis_cap corrects the gap between trainer and engine log-probs" in msg
+
+
 def test_duplicate_stages():
     msg = _error(["stages=[sft, rm, sft]"])
     assert "stages lists a stage twice: ['sft', 'rm', 'sft']" in msg

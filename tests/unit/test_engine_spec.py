@@ -41,10 +41,17 @@ def test_micro_and_accum(batch, micro, world, expected_micro, expected_accum):
 def test_takes_zero_stage_dtype_and_optim_from_arguments():
     cfg = JobConfig.model_validate({"resources": {"zero_stage": 3}, "model": {"dtype": "bfloat16"}})
     optim = OptimConfig(lr=1e-3, grad_clip=0.5)
-    spec = engine_spec(cfg, 16, 8, 1, optim, "rm")
+    spec = engine_spec(cfg, 16, 8, 2, optim, "rm")
     assert spec.zero_stage == 3
     assert spec.dtype == "bfloat16"
     assert spec.optim is optim
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_a_single_rank_skips_zero_partitioning(stage):
+    cfg = JobConfig.model_validate({"resources": {"zero_stage": stage}})
+    assert engine_spec(cfg, 16, 8, 1, OptimConfig(), "sft").zero_stage == 0
+    assert engine_spec(cfg, 16, 8, 2, OptimConfig(), "sft").zero_stage == stage
 
 
 def test_batch_not_divisible_by_world():

@@ -275,3 +275,22 @@ def test_smollm2_convert_and_generate(tmp_path_factory: pytest.TempPathFactory) 
     start = time.perf_counter()
     assert resolve_base_model("smollm2", cache) == path
     assert time.perf_counter() - start < 1.0
+
+
+def test_action_logprobs_keep_only_response_logits(perturbed_causal: Path) -> None:
+    """Computing the output layer on the response positions only gives the same log-probs and
+    action logits as the full forward pass (left padding included)."""
+    from instructray.algorithms import response_logprobs
+    from instructray.training.forward import action_logprobs, lm_logits
+
+    model = load_causal_lm(perturbed_causal, torch.float32).eval()
+    gen = torch.Generator().manual_seed(0)
+    sequences = torch.randint(3, 2000, (3, 14), generator=gen)
+    mask = torch.ones_like(sequences)
+    mask[0, :4] = 0  # a left-padded prompt
+    with torch.no_grad():
+        logps, action_logits = action_logprobs(model, sequences, mask, num_actions=6)
+        full = lm_logits(model, sequences, mask)
+    assert action_logits.shape == (3, 6, full.shape[-1])
+    torch.testing.assert_close(action_logits, full[:, -7:-1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logps, response_logprobs(full, sequences, 6), atol=1e-5, rtol=0)

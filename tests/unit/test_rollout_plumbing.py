@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 
 from instructray.orchestrator.experience import merge_rollouts
-from instructray.rollout.weights import bucketize, pack, tensor_bytes, unpack
+from instructray.rollout.weights import (
+    bucketize,
+    pack,
+    read_file,
+    tensor_bytes,
+    unpack,
+    without_tied_output,
+    write_file,
+)
 
 
 def test_buckets_respect_the_size_and_round_trip_exactly() -> None:
@@ -17,6 +25,31 @@ def test_buckets_respect_the_size_and_round_trip_exactly() -> None:
     restored = {k: v for b in buckets for k, v in unpack(pack(b)).items()}
     assert restored.keys() == state.keys()
     assert all(torch.equal(restored[k], state[k]) for k in state)
+
+
+def test_aliased_tensors_are_copied_not_dropped() -> None:
+    """A plain ``model.state_dict()`` of a tied model holds one storage under two names;
+    safetensors refuses aliases, and engines want both names: the alias is copied."""
+    embed = torch.randn(8, 4)
+    state = {"embed.weight": embed, "norm.weight": torch.ones(4), "lm_head.weight": embed}
+    (bucket,) = bucketize(state)
+    assert list(bucket) == ["embed.weight", "norm.weight", "lm_head.weight"]
+    restored = unpack(pack(bucket))
+    assert torch.equal(restored["lm_head.weight"], embed)
+    assert list(without_tied_output(state, tied=True)) == ["embed.weight", "norm.weight"]
+    assert without_tied_output(state, tied=False) is state
+
+
+def test_weights_file_round_trips_exactly(tmp_path) -> None:
+    state = {"a": torch.randn(3, 5), "b": torch.arange(7, dtype=torch.float32), "c": torch.ones(2)}
+    state["alias"] = state["a"]
+    path = tmp_path / "w.safetensors"
+    written = write_file(state, path)
+    assert written == sum(tensor_bytes(t) for t in state.values())
+    assert not (tmp_path / "w.safetensors.partial").exists()
+    restored = dict(read_file(path))
+    assert sorted(restored) == ["a", "alias", "b", "c"]
+    assert all(torch.equal(restored[k], state[k]) for k in restored)
 
 
 def _rollout(prompts: list[list[int]], responses: list[list[int]], pad: int = 0) -> dict:
