@@ -58,6 +58,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="extra config KEY=VALUE"
     )
+    parser.add_argument("--name", default=None, help="result file name (default ppo_step_<preset>)")
     return parser.parse_args()
 
 
@@ -124,7 +125,7 @@ def main() -> None:
         result["vllm_over_hf"] = {
             k: ratio(table["vllm"][k], table["hf"][k]) for k in COMPARED if table["hf"][k]
         }
-    write_result(f"ppo_step_{args.preset}", result)
+    write_result(args.name or f"ppo_step_{args.preset}", result)
 
 
 if __name__ == "__main__":

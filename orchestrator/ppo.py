@@ -128,7 +128,8 @@ class PPOCoordinator:
             **sync_info,
             **timings,
         }
-        metrics["tokens_per_s"] = mask.sum().item() / max(timings["time_generate"], 1e-9)
+        if not self.cfg.async_queue:  # async: time_generate is only the wait, not generation
+            metrics["tokens_per_s"] = mask.sum().item() / max(timings["time_generate"], 1e-9)
         if exp.rollout_logprobs is not None and self.cfg.old_logprobs == "recompute":
             metrics |= engine_mismatch(exp.logprobs, exp.rollout_logprobs, mask)
         if exp.is_weights is not None:

@@ -115,6 +115,8 @@ def test_async_ppo_overlaps_generation_and_still_raises_reward(
     assert rows[0]["engine_logprob_abs_diff"] < 1e-4
     assert max(r["engine_logprob_abs_diff"] for r in rows[1:]) > 1e-3
     assert all(0 < r["is_weight_mean"] <= 2.0 for r in rows)
+    # Generation runs in the background: the wait for it is no measure of its speed.
+    assert not any("tokens_per_s" in r for r in rows)
 
 
 def test_colocated_ppo_raises_reward(tiny_run: Path, ray_cluster, tmp_path: Path) -> None:
