@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from instructray.rollout.weights import without_tied_output, write_file
+from instructray.rollout.weights import write_file
 from instructray.training.engine import EngineSpec, build_engine, full_state_dict, init_distributed
 from instructray.training.forward import Batch, to_device
 
@@ -62,12 +62,7 @@ class RankActor:
         assert self.model is not None
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
-    def _tied_output(self) -> bool:
-        return bool(getattr(getattr(self.model, "config", None), "tie_word_embeddings", False))
-
     # -- weight sync into rollout engines (see orchestrator.weight_sync) ----------------------
-    # A tied lm_head is sent too: vLLM's in-place reload on CPU leaves stale output logits
-    # (greedy tokens right, log-probs off by up to 0.24) when only the embedding arrives.
     def write_weights(self, path: str) -> int | None:
         """Rank 0 writes the full weights to one safetensors file (in shared memory) and
         returns its size; every rank must call it under ZeRO-3."""
@@ -100,7 +95,6 @@ class RankActor:
             return None
         assert self.model is not None
         self.model.config.use_cache = True
-        state = without_tied_output(state, self._tied_output())
         save_hf_checkpoint(self.model, self.tokenizer, out_dir, state_dict=state)
         return out_dir
 

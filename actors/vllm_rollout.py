@@ -13,7 +13,7 @@ import torch
 
 from instructray.actors.base import RankActor
 from instructray.config import RolloutConfig, SamplingConfig
-from instructray.rollout.weights import bucketize, pack, tensor_bytes
+from instructray.rollout.weights import bucketize, pack, state_bytes
 from instructray.training.forward import Batch
 
 EXTENSION = "instructray.rollout.vllm_ext.WeightSyncExtension"
@@ -102,7 +102,7 @@ class VLLMRolloutActor(RankActor):
             )
         self.llm.reset_prefix_cache()
         seconds = time.perf_counter() - start
-        total = sum(tensor_bytes(t) for b in buckets for t in b.values())
+        total = sum(state_bytes(b) for b in buckets)
         return {"sync_seconds": seconds, "sync_bytes": float(total), "sync_buckets": len(buckets)}
 
     def load_weights_file(self, path: str) -> dict[str, float]:

@@ -183,8 +183,12 @@ def save_hf_checkpoint(
 ) -> Path:
     """save_pretrained (safetensors) + tokenizer into `out_dir`, replacing it atomically.
 
-    `state_dict` overrides the model's own tensors, e.g. one gathered from ZeRO-3 shards.
+    `state_dict` overrides the model's own tensors, e.g. one gathered from ZeRO-3 shards; a
+    tied ``lm_head.weight`` in it (a separate copy once gathered) is dropped, as the checkpoint
+    stores the input embedding once.
     """
+    if state_dict is not None and getattr(model.config, "tie_word_embeddings", False):
+        state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict)

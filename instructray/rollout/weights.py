@@ -18,7 +18,6 @@ from safetensors.torch import save as save_safetensors
 from safetensors.torch import save_file
 
 DEFAULT_BUCKET_BYTES = 256 * 1024 * 1024
-TIED_OUTPUT_KEY = "lm_head.weight"
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
@@ -29,32 +28,33 @@ def state_bytes(state_dict: dict[str, torch.Tensor]) -> int:
     return sum(tensor_bytes(t) for t in state_dict.values())
 
 
-def without_tied_output(state_dict: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
-    """Drop ``lm_head.weight`` when it is the input embedding (HF checkpoints store it once)."""
-    if not tied:
-        return state_dict
-    return {k: v for k, v in state_dict.items() if k != TIED_OUTPUT_KEY}
-
-
-def bucketize(
-    state_dict: dict[str, torch.Tensor], bucket_bytes: int = DEFAULT_BUCKET_BYTES
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Consecutive groups of tensors of at most ``bucket_bytes`` (a larger tensor goes alone).
-    A tensor sharing storage with an earlier one (tied embeddings of a plain ``state_dict()``)
-    is copied: safetensors refuses aliases, and vLLM's CPU reload needs every name it expects."""
-    bucket: dict[str, torch.Tensor] = {}
-    size = 0
+def unaliased(state_dict: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every (name, contiguous tensor); one sharing storage with an earlier one (tied embeddings
+    of a plain ``state_dict()``) is copied: safetensors refuses aliases, and vLLM's in-place
+    reload on CPU needs every name it expects (a tied ``lm_head`` left out leaves stale output
+    logits: greedy tokens right, log-probs off by up to 0.24)."""
     seen: set[int] = set()
     for name, tensor in state_dict.items():
         storage = tensor.untyped_storage().data_ptr()
         if storage in seen and tensor.numel():
             tensor = tensor.clone()
         seen.add(storage)
+        yield name, tensor.contiguous()
+
+
+def bucketize(
+    state_dict: dict[str, torch.Tensor], bucket_bytes: int = DEFAULT_BUCKET_BYTES
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Consecutive groups of `unaliased` tensors of at most ``bucket_bytes`` (a larger tensor
+    goes alone)."""
+    bucket: dict[str, torch.Tensor] = {}
+    size = 0
+    for name, tensor in unaliased(state_dict):
         nbytes = tensor_bytes(tensor)
         if bucket and size + nbytes > bucket_bytes:
             yield bucket
             bucket, size = {}, 0
-        bucket[name] = tensor.contiguous()
+        bucket[name] = tensor
         size += nbytes
     if bucket:
         yield bucket
@@ -70,10 +70,10 @@ def unpack(data: bytes) -> dict[str, torch.Tensor]:
 
 def write_file(state_dict: dict[str, torch.Tensor], path: str | Path) -> int:
     """Write the weights to ``path`` (one safetensors file); returns the bytes written."""
-    tensors = dict(next(bucketize(state_dict, bucket_bytes=1 << 62), {}))
+    tensors = {name: t.detach().cpu() for name, t in unaliased(state_dict)}
     tmp = Path(f"{path}.partial")
     try:
-        save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(tmp))
+        save_file(tensors, str(tmp))
         tmp.rename(path)
     finally:
         tmp.unlink(missing_ok=True)  # a failed write (e.g. shared memory full) leaves nothing

@@ -142,6 +142,28 @@ def test_save_load_round_trip_identical_logits(tiny_dir: Path, tmp_path: Path) -
     _assert_same_outputs(after, before)
 
 
+def test_gathered_state_dict_saves_the_tied_embedding_once(tiny_dir: Path, tmp_path: Path) -> None:
+    """A state dict gathered from ZeRO holds the tied ``lm_head`` as a separate copy; the
+    checkpoint stores the embedding once and reloads with the same logits."""
+    from safetensors import safe_open
+
+    tok = load_tokenizer(tiny_dir)
+    model = load_causal_lm(tiny_dir, torch.float32).eval()
+    assert model.config.tie_word_embeddings
+    gathered = {k: v.clone() for k, v in model.state_dict().items()}
+    assert "lm_head.weight" in gathered
+    out = save_hf_checkpoint(model, tok, tmp_path / "ckpt", state_dict=gathered)
+    with safe_open(str(out / "model.safetensors"), framework="pt") as saved:
+        names = set(saved.keys())
+    assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names
+    input_ids, mask = _batch(tok, TEXTS, "left")
+    reloaded = load_causal_lm(out, torch.float32).eval()
+    with torch.no_grad():
+        before = model(input_ids=input_ids, attention_mask=mask).logits
+        after = reloaded(input_ids=input_ids, attention_mask=mask).logits
+    _assert_same_outputs(after, before)
+
+
 def test_cache_reuse_does_not_rebuild(tiny_dir: Path, cache_dir: Path) -> None:
     weights = tiny_dir / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
