@@ -229,3 +229,23 @@ class RayCluster:
         for pid in self._leftovers():
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@contextmanager
+def api_service(cluster: RayCluster, log_dir: Path, name: str, token: str) -> Iterator[ApiProcess]:
+    """``python -m instructray.api`` with a service of its own (runs folder and database) on the
+    shared test cluster, stopped on exit; its log is ``log_dir/api-<name>-server.log``."""
+    assert cluster.runs_root is not None
+    env = {
+        "INSTRUCTRAY_API_RAY_ADDRESS": cluster.address,
+        "INSTRUCTRAY_API_RUNS_ROOT": str(cluster.runs_root / name),
+        "INSTRUCTRAY_API_CONFIGS_ROOT": str(REPO / "configs"),
+        "INSTRUCTRAY_API_TOKEN": token,
+        "INSTRUCTRAY_API_POLL_INTERVAL_S": "0.5",
+    }
+    server = ApiProcess(env, log_dir / f"api-{name}-server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -17,8 +17,7 @@ from instructray.api.app import create_app
 from instructray.api.settings import Settings
 from tests.api.conftest import AUTH, TOKEN
 from tests.api.fake_ray import FakeRayJobs
-from tests.api.helpers import ApiProcess, RayCluster, serve_in_thread, wait_for
-from tests.api.test_e2e_ray import api_env
+from tests.api.helpers import ApiProcess, RayCluster, api_service, serve_in_thread, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,11 +34,8 @@ POINTS_JS = """key => {
 
 @pytest.fixture(scope="module")
 def api(ray_jobs_cluster: RayCluster, artifacts_dir: Path) -> Iterator[ApiProcess]:
-    env = api_env(ray_jobs_cluster, "browser")
-    server = ApiProcess(env, artifacts_dir / "api-browser-server.log")
-    server.start()
-    yield server
-    server.stop()
+    with api_service(ray_jobs_cluster, artifacts_dir, "browser", TOKEN) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import AUTH, TOKEN
-from tests.api.helpers import REPO, ApiProcess, RayCluster, wait_for
+from tests.api.helpers import ApiProcess, RayCluster, api_service, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,25 +35,10 @@ PRETRAIN = {  # runs for minutes: the job to cancel
 TIMINGS: dict[str, float] = {}
 
 
-def api_env(cluster: RayCluster, name: str) -> dict[str, str]:
-    """A service of its own (runs folder and database) on the shared test cluster."""
-    assert cluster.runs_root is not None
-    return {
-        "INSTRUCTRAY_API_RAY_ADDRESS": cluster.address,
-        "INSTRUCTRAY_API_RUNS_ROOT": str(cluster.runs_root / name),
-        "INSTRUCTRAY_API_CONFIGS_ROOT": str(REPO / "configs"),
-        "INSTRUCTRAY_API_TOKEN": TOKEN,
-        "INSTRUCTRAY_API_POLL_INTERVAL_S": "0.5",
-    }
-
-
 @pytest.fixture(scope="module")
 def api(ray_jobs_cluster: RayCluster, artifacts_dir: Path) -> Iterator[ApiProcess]:
-    env = api_env(ray_jobs_cluster, "e2e")
-    server = ApiProcess(env, artifacts_dir / "api-e2e-server.log")
-    server.start()
-    yield server
-    server.stop()
+    with api_service(ray_jobs_cluster, artifacts_dir, "e2e", TOKEN) as server:
+        yield server
     (artifacts_dir / "api-e2e-timings.json").write_text(json.dumps(TIMINGS, indent=2))
 
 

@@ -38,6 +38,14 @@ def wait_status(client: httpx.Client, job_id: str, *statuses: str, timeout: floa
     return wait_for(reached, timeout, f"job {job_id} to be {statuses}", 0.05)
 
 
+def submit_running_on_ray(client: httpx.Client, fake_ray: FakeRayJobs) -> str:
+    """A job submitted to (stand-in) Ray and reported RUNNING there."""
+    job_id = submit(client)
+    wait_status(client, job_id, "pending")
+    fake_ray.set(job_id, "RUNNING")
+    return job_id
+
+
 def write_rows(run_dir: Path, rows: list[dict]) -> None:
     with (run_dir / "metrics.jsonl").open("a") as f:
         for row in rows:
@@ -136,9 +144,7 @@ def test_list_filters_by_status_and_paginates(client: httpx.Client, fake_ray: Fa
 def test_cancel_stops_the_ray_job_and_ends_cancelled(
     client: httpx.Client, fake_ray: FakeRayJobs
 ) -> None:
-    job_id = submit(client)
-    wait_status(client, job_id, "pending")
-    fake_ray.set(job_id, "RUNNING")
+    job_id = submit_running_on_ray(client, fake_ray)
     wait_status(client, job_id, "running")
     r = client.post(f"/jobs/{job_id}/cancel", headers=AUTH)
     assert r.status_code == 202 and r.json()["cancel_requested"] is True
@@ -208,9 +214,7 @@ def test_restart_reconciles_with_ray_without_duplicating_jobs(
 def test_logs_stream_as_server_sent_events_until_the_job_ends(
     client: httpx.Client, fake_ray: FakeRayJobs
 ) -> None:
-    job_id = submit(client)
-    wait_status(client, job_id, "pending")
-    fake_ray.set(job_id, "RUNNING")
+    job_id = submit_running_on_ray(client, fake_ray)
     fake_ray.log_text[job_id] = "line one\nline two\npartial"
     events: list[str] = []
     with client.stream("GET", f"/jobs/{job_id}/logs") as r:
