@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -19,9 +19,18 @@ from sqlalchemy import text
 from instructray.api.db import TERMINAL
 from instructray.api.jobs import JobService
 from instructray.api.ray_jobs import RayUnavailable
+from instructray.api.reports import (
+    REPORT_HEADERS,
+    REPORT_INDEX,
+    iter_file,
+    media_type,
+    open_report_file,
+    read_eval,
+)
 from instructray.api.schemas import (
     Accepted,
     ErrorBody,
+    Evaluation,
     Health,
     JobCreate,
     JobDetail,
@@ -30,7 +39,7 @@ from instructray.api.schemas import (
     Status,
 )
 from instructray.api.security import bearer_scheme, require_token
-from instructray.api.views import job_detail, job_summary
+from instructray.api.views import job_detail, job_links, job_summary
 
 router = APIRouter()
 MUTATING = [Depends(bearer_scheme), Depends(require_token)]
@@ -49,16 +58,6 @@ def _service(request: Request) -> JobService:
 
 
 Service = Annotated[JobService, Depends(_service)]
-
-
-def _links(job_id: str) -> dict[str, str]:
-    base = f"/jobs/{job_id}"
-    return {
-        "self": base,
-        "metrics": f"{base}/metrics",
-        "logs": f"{base}/logs",
-        "cancel": f"{base}/cancel",
-    }
 
 
 @router.post(
@@ -92,7 +91,7 @@ async def submit_job(request: Request, response: Response, service: Service) -> 
         raise RequestValidationError(errors) from None
     rec = await run_in_threadpool(service.create, req)
     response.headers["Location"] = f"/jobs/{rec.id}"
-    return Accepted(id=rec.id, status=rec.status, links=_links(rec.id))
+    return Accepted(id=rec.id, status=rec.status, links=job_links(rec.id))
 
 
 @router.get("/jobs", response_model=JobList, summary="List jobs, newest first")
@@ -126,6 +125,62 @@ def get_metrics(
     rec = service.get(job_id)
     rows, nxt = service.reader.read(Path(rec.run_dir), since, limit)
     return MetricsPage(job_id=job_id, rows=rows, since=since, next=nxt, status=rec.status)
+
+
+@router.get(
+    "/jobs/{job_id}/eval",
+    response_model=Evaluation,
+    response_model_exclude_unset=True,
+    responses={
+        404: {"model": ErrorBody, "description": "Unknown job, or no eval.json yet"},
+        500: {"model": ErrorBody, "description": "eval.json is not of this shape; names where"},
+    },
+)
+def get_eval(job_id: str, service: Service) -> Evaluation:
+    """eval.json of the run: per checkpoint, judge scores and win-rates vs the baseline with
+    confidence intervals, KL, length and diversity, samples; and a verdict per checkpoint."""
+    rec = service.get(job_id)
+    data = read_eval(Path(rec.run_dir))
+    if data is None:
+        raise HTTPException(404, f"job {job_id!r} has no evaluation yet (no eval.json)")
+    try:
+        return Evaluation.model_validate(data)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise HTTPException(500, f"eval.json of job {job_id!r}: {where}: {first['msg']}") from None
+
+
+REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The file; served with a Content-Security-Policy that allows no scripts",
+        "content": {"text/html": {}, "image/png": {}},
+    },
+    404: {"model": ErrorBody, "description": "Unknown job, or no such plain file in report/"},
+}
+
+
+def _report_file(service: JobService, job_id: str, name: str) -> Response:
+    rec = service.get(job_id)
+    opened = open_report_file(Path(rec.run_dir), name)
+    if opened is None:
+        raise HTTPException(404, f"job {job_id!r} has no report file {name!r}")
+    f, size = opened
+    headers = {**REPORT_HEADERS, "Content-Length": str(size)}
+    return StreamingResponse(iter_file(f, size), media_type=media_type(name), headers=headers)
+
+
+@router.get("/jobs/{job_id}/report/", response_class=HTMLResponse, responses=REPORT_RESPONSES)
+def get_report(job_id: str, service: Service) -> Response:
+    """The evaluation report (report/index.html of the run folder); its plots are relative
+    links to the files below."""
+    return _report_file(service, job_id, REPORT_INDEX)
+
+
+@router.get("/jobs/{job_id}/report/{name}", responses=REPORT_RESPONSES)
+def get_report_file(job_id: str, name: str, service: Service) -> Response:
+    """A file of the report folder (plots): plain files directly in RUN_DIR/report only."""
+    return _report_file(service, job_id, name)
 
 
 def _sse(data: str, event: str | None = None) -> str:
@@ -208,7 +263,7 @@ async def get_logs(
 def cancel_job(job_id: str, service: Service) -> Accepted:
     """Ask Ray to stop the job; it turns `cancelled` once Ray reports it stopped."""
     rec = service.request_cancel(job_id)
-    return Accepted(id=rec.id, status=rec.status, cancel_requested=True, links=_links(rec.id))
+    return Accepted(id=rec.id, status=rec.status, cancel_requested=True, links=job_links(rec.id))
 
 
 @router.get("/presets", summary="Preset names usable as {'preset': NAME}")

@@ -77,6 +77,31 @@ class JobSummary(BaseModel):
     error: str | None = None
 
 
+class HackingWarning(BaseModel):
+    """A reward-hacking warning the PPO monitor raised (summary.json `warnings`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    stage: str | None = None
+    step: int | None = None
+    kind: str | None = Field(None, description="`token_explosion` or `proxy_up_gold_down`.")
+    message: str
+    detail: dict[str, Any] | None = Field(None, description="The numbers behind the message.")
+
+
+class Verdict(BaseModel):
+    """eval.json's reading of one checkpoint's win-rates vs the baseline."""
+
+    model_config = ConfigDict(extra="allow")
+
+    aligned: bool | None = Field(None, description="Every gold judge prefers it (CI above 0.5).")
+    possible_reward_hacking: bool | None = None
+    per_judge: dict[str, str] = Field(
+        default_factory=dict, description='Gold judge → "better", "worse" or no difference.'
+    )
+    message: str | None = None
+
+
 class JobDetail(JobSummary):
     message: str | None = Field(None, description="Latest word from Ray (or from the service).")
     updated_at: datetime
@@ -86,6 +111,83 @@ class JobDetail(JobSummary):
     stages: dict[str, Any] = Field(default_factory=dict, description="summary.json per stage.")
     artifacts: dict[str, Any]
     config: dict[str, Any]
+    warnings: list[HackingWarning] = Field(
+        default_factory=list, description="Reward-hacking warnings of summary.json."
+    )
+    evaluation: dict[str, Verdict] | None = Field(
+        None, description="eval.json's verdict per checkpoint; null until the job has one."
+    )
+    links: dict[str, str] = Field(
+        default_factory=dict, description="Endpoints of this job (eval, report once present)."
+    )
+
+
+class Interval(BaseModel):
+    """A point estimate with its bootstrap confidence interval over n paired prompts."""
+
+    model_config = ConfigDict(extra="allow")
+
+    estimate: float | None = None
+    low: float | None = None
+    high: float | None = None
+    n: int | None = None
+
+
+class GainedWord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    word: str
+    per_1000: float | None = None
+    baseline_per_1000: float | None = None
+    ratio: float | None = None
+    count: int | None = None
+
+
+class EvalSample(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str | None = None
+    response: str | None = None
+    length: int | float | None = None
+    ended: bool | None = None
+    scores: dict[str, float | None] = Field(default_factory=dict)
+
+
+class CheckpointEval(BaseModel):
+    """One checkpoint in eval.json; win_rate and score_diff are vs the baseline, per judge."""
+
+    model_config = ConfigDict(extra="allow")
+
+    path: str | None = None
+    n: int | None = None
+    confidence: float | None = None
+    scores: dict[str, float | None] = Field(default_factory=dict)
+    win_rate: dict[str, Interval] = Field(default_factory=dict)
+    score_diff: dict[str, Interval] = Field(default_factory=dict)
+    kl_per_sequence: float | None = None
+    kl_per_token: float | None = None
+    lm_loss: float | None = None
+    length: float | None = None
+    eos_fraction: float | None = None
+    distinct_1: float | None = None
+    distinct_2: float | None = None
+    repetition: float | None = None
+    top_gained_words: list[GainedWord] = Field(default_factory=list)
+    samples: list[EvalSample] = Field(default_factory=list)
+
+
+class Evaluation(BaseModel):
+    """eval.json: every checkpoint scored by the proxy (the RM) and the gold judges on the same
+    prompts, compared with the baseline, and a verdict per checkpoint."""
+
+    model_config = ConfigDict(extra="allow")
+
+    baseline: str | None = None
+    proxy: str | None = None
+    gold: list[str] = Field(default_factory=list)
+    num_prompts: int | None = None
+    checkpoints: dict[str, CheckpointEval] = Field(default_factory=dict)
+    verdicts: dict[str, Verdict] = Field(default_factory=dict)
 
 
 class JobList(BaseModel):

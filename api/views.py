@@ -6,8 +6,34 @@ from pathlib import Path
 from typing import Any
 
 from instructray.api.db import JobRecord, as_utc
+from instructray.api.reports import (
+    EVAL_FILE,
+    REPORT_DIR,
+    REPORT_INDEX,
+    has_report,
+    read_eval,
+    verdicts_of,
+    warnings_of,
+)
 from instructray.api.runfiles import MetricsReader, artifacts, read_summary
 from instructray.config import STAGE_ORDER
+
+
+def job_links(job_id: str, run_dir: Path | None = None) -> dict[str, str]:
+    """The endpoints of a job; with its run folder, also eval and report once they exist."""
+    base = f"/jobs/{job_id}"
+    links = {
+        "self": base,
+        "metrics": f"{base}/metrics",
+        "logs": f"{base}/logs",
+        "cancel": f"{base}/cancel",
+    }
+    if run_dir is not None:
+        if read_eval(run_dir) is not None:
+            links["eval"] = f"{base}/eval"
+        if has_report(run_dir):
+            links["report"] = f"{base}/report/"
+    return links
 
 
 def job_summary(rec: JobRecord, reader: MetricsReader, latest: dict | None = None) -> dict:
@@ -30,12 +56,20 @@ def job_summary(rec: JobRecord, reader: MetricsReader, latest: dict | None = Non
 
 
 def job_detail(rec: JobRecord, reader: MetricsReader) -> dict[str, Any]:
-    """GET /jobs/{id}: status, stage and step, latest metrics, error, artifacts, config."""
+    """GET /jobs/{id}: status, stage and step, latest metrics, error, artifacts, config,
+    reward-hacking warnings and the evaluation's verdicts."""
     run_dir = Path(rec.run_dir)
     summary = read_summary(run_dir)
     count, latest = reader.tail(run_dir)
     view = job_summary(rec, reader, latest)
     stages = rec.config.get("stages") or []
+    files = artifacts(run_dir, summary)
+    evaluation = read_eval(run_dir)
+    if evaluation is not None:
+        files["eval"] = str(run_dir / EVAL_FILE)
+    links = job_links(rec.id, run_dir)
+    if "report" in links:
+        files["report"] = str(run_dir / REPORT_DIR / REPORT_INDEX)
     view.update(
         message=rec.message,
         updated_at=as_utc(rec.updated_at),
@@ -43,7 +77,10 @@ def job_detail(rec: JobRecord, reader: MetricsReader) -> dict[str, Any]:
         latest_metrics=latest,
         metrics_count=count,
         stages=(summary or {}).get("stages") or {},
-        artifacts=artifacts(run_dir, summary),
+        artifacts=files,
         config=rec.config,
+        warnings=warnings_of(summary),
+        evaluation=verdicts_of(evaluation),
+        links=links,
     )
     return view

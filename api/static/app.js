@@ -8,7 +8,8 @@ const PAGE = 20;
 const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g; // Ray colours its actor-log prefixes
 const COLORS = ["#3559d6", "#d6553b", "#1f8a4c", "#b7791f", "#8b3fd6", "#178a9e", "#c2338f"];
 
-// Each chart takes (row) => [[series label, value], ...] for the rows of metrics.jsonl.
+// Each chart takes (row) => [[series label, value, dataset options?], ...] for the rows of
+// metrics.jsonl. The PPO monitor's charts (evaluation.js) are by step and shown only with data.
 const CHARTS = {
   reward: (r) => [
     [`${r.stage} reward (RM score)`, r.stage === "ppo" ? r.reward_mean : undefined],
@@ -32,11 +33,12 @@ const CHARTS = {
     ["rm rankings/s", r.rankings_per_s],
     ["dpo pairs/s", r.pairs_per_s],
   ],
+  ...MONITOR_CHARTS,
 };
 
 const state = {
   offset: 0, total: 0, filter: "", jobId: null, job: null,
-  cursor: 0, t0: null, charts: {}, logSource: null, timer: null,
+  cursor: 0, t0: null, charts: {}, logSource: null, timer: null, rowWarnings: [],
 };
 
 function token() { return $("#token").value.trim(); }
@@ -165,7 +167,7 @@ function makeChart(key) {
       maintainAspectRatio: false,
       interaction: { mode: "nearest", intersect: false },
       scales: {
-        x: { type: "linear", title: { display: true, text: "seconds since first step" } },
+        x: { type: "linear", title: { display: true, text: key in MONITOR_CHARTS ? "PPO step" : "seconds since first step" } },
         // tokens/s (thousands) and rankings/s or pairs/s (tens) share the throughput chart
         y: { type: key === "throughput" ? "logarithmic" : "linear" },
       },
@@ -180,24 +182,29 @@ function resetCharts() {
   state.charts = {};
   for (const key of Object.keys(CHARTS)) {
     state.charts[key] = makeChart(key);
-    $(`#chart-${key}`).closest("figure").classList.add("empty");
+    const figure = $(`#chart-${key}`).closest("figure");
+    if (key in MONITOR_CHARTS) figure.hidden = true;
+    else figure.classList.add("empty");
   }
   state.cursor = 0;
   state.t0 = null;
+  state.rowWarnings = [];
 }
 
 function addRows(rows) {
   for (const row of rows) {
     if (state.t0 === null) state.t0 = row.time;
-    const x = Math.round((row.time - state.t0) * 100) / 100;
+    const seconds = Math.round((row.time - state.t0) * 100) / 100;
+    if (row.hacking_warning === 1) state.rowWarnings.push(rowWarning(row));
     for (const [key, series] of Object.entries(CHARTS)) {
       const chart = state.charts[key];
-      for (const [label, y] of series(row)) {
+      const x = key in MONITOR_CHARTS ? row.step : seconds;
+      for (const [label, y, options] of series(row)) {
         if (typeof y !== "number") continue;
         let ds = chart.data.datasets.find((d) => d.label === label);
         if (!ds) {
           const color = COLORS[chart.data.datasets.length % COLORS.length];
-          ds = { label, data: [], borderColor: color, backgroundColor: color };
+          ds = { label, data: [], borderColor: color, backgroundColor: color, ...options };
           chart.data.datasets.push(ds);
         }
         ds.data.push({ x, y });
@@ -205,10 +212,17 @@ function addRows(rows) {
     }
   }
   if (!rows.length) return;
-  for (const chart of Object.values(state.charts)) {
-    chart.canvas.closest("figure").classList.toggle("empty", !chart.data.datasets.length);
+  for (const [key, chart] of Object.entries(state.charts)) {
+    const figure = chart.canvas.closest("figure");
+    if (key in MONITOR_CHARTS) {
+      const wasHidden = figure.hidden;
+      figure.hidden = !chart.data.datasets.length;
+      // Created inside a hidden figure, the canvas is 0×0 until Chart.js notices the resize.
+      if (wasHidden && !figure.hidden) chart.resize();
+    } else figure.classList.toggle("empty", !chart.data.datasets.length);
     chart.update("none");
   }
+  showWarnings(state.job, state.rowWarnings);
 }
 
 async function pollMetrics() {
@@ -237,6 +251,8 @@ function showJob(job) {
   cancel.hidden = !ACTIVE.has(job.status);
   cancel.disabled = job.cancel_requested;
   cancel.textContent = job.cancel_requested ? "Cancelling…" : "Cancel job";
+  showWarnings(job, state.rowWarnings);
+  showEvaluation(job);
 }
 
 async function refreshJob() {
@@ -284,6 +300,7 @@ function selectJob(id) {
     $("#empty").hidden = true;
     $("#detail").hidden = false;
     resetCharts();
+    resetEvaluation();
     followLogs(id);
     for (const tr of document.querySelectorAll("#jobs tbody tr")) {
       tr.classList.toggle("selected", tr.dataset.id === id);

@@ -15,10 +15,14 @@ import pytest
 from instructray.api.app import create_app
 from instructray.api.settings import Settings
 from tests.api.fake_ray import FakeRayJobs
-from tests.api.helpers import REPO, RayCluster, isolated_torch_extensions, serve_in_thread
-
-TOKEN = "test-token-5f2b9c"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+from tests.api.helpers import (  # noqa: F401  (AUTH, TOKEN: imported from here by the tests)
+    AUTH,
+    REPO,
+    TOKEN,
+    RayCluster,
+    isolated_torch_extensions,
+    serve_in_thread,
+)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ a local Ray cluster started with `ray start` in its own temp dir and ports."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,9 +20,13 @@ from typing import Any, TypeVar
 import httpx
 import uvicorn
 
+from tests.api.fake_ray import FakeRayJobs
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 T = TypeVar("T")
+TOKEN = "test-token-5f2b9c"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def free_port() -> int:
@@ -43,6 +48,42 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float 
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})")
+
+
+# ---- jobs through the API (against the Ray stand-in) -----------------------------------
+TINY_SFT = {
+    "name": "tiny-sft",
+    "preset": "tiny",
+    "overrides": {"stages": ["sft"], "sft.max_examples": 128, "output.tensorboard": False},
+}
+
+
+def submit(client: httpx.Client, body: dict | None = None) -> str:
+    r = client.post("/jobs", json=body or TINY_SFT, headers=AUTH)
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def wait_status(client: httpx.Client, job_id: str, *statuses: str, timeout: float = 10) -> dict:
+    def reached() -> dict | None:
+        job = client.get(f"/jobs/{job_id}").json()
+        return job if job["status"] in statuses else None
+
+    return wait_for(reached, timeout, f"job {job_id} to be {statuses}", 0.05)
+
+
+def submit_running_on_ray(client: httpx.Client, fake_ray: FakeRayJobs) -> str:
+    """A job submitted to (stand-in) Ray and reported RUNNING there."""
+    job_id = submit(client)
+    wait_status(client, job_id, "pending")
+    fake_ray.set(job_id, "RUNNING")
+    return job_id
+
+
+def write_rows(run_dir: Path, rows: list[dict]) -> None:
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
 
 
 @contextmanager

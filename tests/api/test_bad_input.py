@@ -91,7 +91,7 @@ class TestRejectedSubmissions:
 
     def test_config_rule_violation_is_explained(self, client: httpx.Client) -> None:
         r = post(client, {**TINY, "overrides": {"stages": ["ppo"]}})
-        assert r.status_code == 422 and "reward model" in r.json()["detail"]
+        assert r.status_code == 422 and "needs a reward" in r.json()["detail"]
 
     @pytest.mark.parametrize(
         "body", [{}, {"preset": "tiny", "config": {}}, {"name": "x", "overrides": {}}]

@@ -16,8 +16,22 @@ import pytest
 from instructray.api.app import create_app
 from instructray.api.settings import Settings
 from tests.api.conftest import AUTH, TOKEN
+from tests.api.evaluated_run import (
+    PPO_MESSAGE,
+    WARNINGS,
+    monitor_rows,
+    write_evaluation,
+    write_summary,
+)
 from tests.api.fake_ray import FakeRayJobs
-from tests.api.helpers import ApiProcess, RayCluster, api_service, serve_in_thread, wait_for
+from tests.api.helpers import (
+    ApiProcess,
+    RayCluster,
+    api_service,
+    serve_in_thread,
+    wait_for,
+    write_rows,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -30,6 +44,9 @@ POINTS_JS = """key => {
   const chart = Chart.getChart(`chart-${key}`);
   return chart ? chart.data.datasets.reduce((n, d) => n + d.data.length, 0) : 0;
 }"""
+SERIES_JS = """key => Object.fromEntries(
+  Chart.getChart(`chart-${key}`).data.datasets.map(d => [d.label, d.data.map(p => [p.x, p.y])])
+)"""
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +175,73 @@ def test_every_chart_plots_its_metrics(
         assert page.is_hidden("#cancel-btn")
         page.wait_for_function("() => document.querySelector('#log').textContent.includes('done')")
         page.screenshot(path=str(artifacts_dir / "dashboard-all-charts.png"), full_page=True)
+
+
+def test_reward_hacking_badge_monitor_charts_and_evaluation_panel(
+    settings: Settings, fake_ray: FakeRayJobs, browser, artifacts_dir: Path
+) -> None:
+    """While PPO runs, a monitored step with hacking_warning == 1 raises the badge and the
+    monitor's charts appear; once the run has summary warnings, eval.json and a report, the job
+    page shows their messages, the win-rate table with CIs and the report in a sandboxed frame."""
+    with serve_in_thread(create_app(settings, ray=fake_ray)) as url:
+        r = httpx.post(f"{url}/jobs", json={"name": "hacked", "preset": "tiny"}, headers=AUTH)
+        job_id = r.json()["id"]
+        wait_for(lambda: job_id in fake_ray.jobs, 10, "the submission", 0.05)
+        fake_ray.set(job_id, "RUNNING")
+        run_dir = settings.runs_root / job_id
+        rows = monitor_rows(time.time())
+        write_rows(run_dir, rows[:9])  # steps 0..8: monitored, no warning yet
+        page = browser.new_page(viewport={"width": 1500, "height": 1600})
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(f"{url}/#job={job_id}")
+        page.wait_for_selector("#d-status.running", timeout=20_000)
+        page.wait_for_function(f"() => ({POINTS_JS})('monitor') === 20", timeout=20_000)
+        page.wait_for_selector("#chart-monitor", state="visible", timeout=5_000)
+        page.wait_for_selector("#chart-winrate", state="visible", timeout=5_000)
+        assert page.is_hidden("#d-hacking") and page.is_hidden("#evaluation")
+
+        write_rows(run_dir, rows[9:])  # steps 9, 10 (monitored, warning) and 11
+        page.wait_for_selector("#d-hacking", state="visible", timeout=20_000)
+        assert page.inner_text("#d-hacking") == "reward hacking?"
+        assert page.inner_text("#d-warnings li").startswith(
+            "ppo step 10: reward hacking? the monitor raised a warning"
+        )
+        series = page.evaluate(SERIES_JS, "monitor")
+        assert series["proxy (reward model)"] == [[s, 0.1 * s] for s in range(0, 12, 2)]
+        assert series["gold: labeler"] == [[s, 0.05 * s] for s in range(0, 12, 2)]
+        assert set(series) == {
+            "proxy (reward model)", "gold: judge_heldout", "gold: labeler", "gold: vader",
+            "reward hacking warning",
+        }  # fmt: skip
+        assert series["reward hacking warning"] == [[10, 1.0]]
+        assert page.evaluate(SERIES_JS, "winrate")["gold: vader"][-1] == [10, 0.5 - 0.01 * 10 * 2]
+
+        write_summary(run_dir)
+        write_evaluation(run_dir)
+        fake_ray.set(job_id, "SUCCEEDED", "Job finished successfully.")
+        page.wait_for_selector("#evaluation", state="visible", timeout=20_000)
+        page.wait_for_selector("#d-status.succeeded", timeout=20_000)
+        items = page.locator("#d-warnings li").all_inner_texts()
+        assert items == [f"ppo step 10: {WARNINGS[0]['message']}"]  # the row's is covered
+        verdict = page.inner_text("#eval-verdicts li[data-checkpoint='ppo']")
+        assert PPO_MESSAGE in verdict and "not aligned" in verdict and "reward hacking?" in verdict
+        cell = "#eval-winrates td[data-checkpoint='ppo'][data-judge='{}']"
+        assert page.inner_text(cell.format("labeler")) == "0.71 (0.66–0.76)"
+        assert page.inner_text(cell.format("rm")) == "0.77 (0.73–0.81)"
+        assert page.inner_text(cell.format("judge_heldout")) == "0.44 (0.39–0.49)"
+        assert page.get_attribute(cell.format("labeler"), "class") == "better"
+        assert page.locator("#eval-winrates tbody tr").count() == 1  # sft is the baseline
+        assert "95% CI" in page.inner_text("#eval-caption")
+
+        frame_el = page.wait_for_selector("#eval-report-frame[src]", timeout=10_000)
+        assert frame_el.get_attribute("sandbox") == ""
+        assert frame_el.get_attribute("src") == f"/jobs/{job_id}/report/"
+        assert page.get_attribute("#eval-report-link", "href") == f"/jobs/{job_id}/report/"
+        frame = frame_el.content_frame()
+        frame.wait_for_selector("#plot")
+        frame.wait_for_function("() => document.querySelector('#plot').complete", timeout=10_000)
+        assert frame.evaluate("() => document.querySelector('#plot').naturalWidth") == 4
+        assert frame.evaluate("() => document.title") == "eval report"  # its script never ran
+        page.screenshot(path=str(artifacts_dir / "dashboard-evaluation.png"), full_page=True)
+        assert not errors, errors

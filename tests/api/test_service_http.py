@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import httpx
 import yaml
@@ -15,41 +14,15 @@ from instructray.api.app import create_app
 from instructray.api.settings import Settings
 from tests.api.conftest import AUTH
 from tests.api.fake_ray import FakeRayJobs
-from tests.api.helpers import serve_in_thread, wait_for
-
-TINY_SFT = {
-    "name": "tiny-sft",
-    "preset": "tiny",
-    "overrides": {"stages": ["sft"], "sft.max_examples": 128, "output.tensorboard": False},
-}
-
-
-def submit(client: httpx.Client, body: dict | None = None) -> str:
-    r = client.post("/jobs", json=body or TINY_SFT, headers=AUTH)
-    assert r.status_code == 202, r.text
-    return r.json()["id"]
-
-
-def wait_status(client: httpx.Client, job_id: str, *statuses: str, timeout: float = 10) -> dict:
-    def reached() -> dict | None:
-        job = client.get(f"/jobs/{job_id}").json()
-        return job if job["status"] in statuses else None
-
-    return wait_for(reached, timeout, f"job {job_id} to be {statuses}", 0.05)
-
-
-def submit_running_on_ray(client: httpx.Client, fake_ray: FakeRayJobs) -> str:
-    """A job submitted to (stand-in) Ray and reported RUNNING there."""
-    job_id = submit(client)
-    wait_status(client, job_id, "pending")
-    fake_ray.set(job_id, "RUNNING")
-    return job_id
-
-
-def write_rows(run_dir: Path, rows: list[dict]) -> None:
-    with (run_dir / "metrics.jsonl").open("a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+from tests.api.helpers import (
+    TINY_SFT,
+    serve_in_thread,
+    submit,
+    submit_running_on_ray,
+    wait_for,
+    wait_status,
+    write_rows,
+)
 
 
 def test_submit_writes_config_and_runs_the_cli_entry_point_on_ray(
