@@ -29,8 +29,13 @@ def fake_run_job(monkeypatch):
         seen.append(cfg)
         return types.SimpleNamespace(run_dir=cfg.output.run_dir)
 
+    def run_eval(cfg: JobConfig, run_dir: Path):
+        seen.append(cfg)
+        return types.SimpleNamespace(run_dir=run_dir)
+
     module = types.ModuleType("instructray.orchestrator.pipeline")
     module.run_job = run_job
+    module.run_eval = run_eval
     monkeypatch.setitem(sys.modules, "instructray.orchestrator.pipeline", module)
     return seen
 
@@ -86,7 +91,7 @@ def test_no_command_is_a_usage_error(capsys):
 def test_run_invalid_config_never_starts_the_job(capsys, fake_run_job):
     assert cli.main(["run", "configs/tiny.yaml", "--set", "stages=[ppo]"]) == 2
     assert fake_run_job == []
-    assert "stage 'ppo' needs a reward model" in capsys.readouterr().err
+    assert "stage 'ppo' needs a reward" in capsys.readouterr().err
 
 
 def test_run_out_sets_run_dir(capsys, fake_run_job, tmp_path):
@@ -105,3 +110,21 @@ def test_run_out_is_taken_literally(fake_run_job, tmp_path, name):
     assert cli.main(["run", "configs/tiny.yaml", "--out", str(out_dir)]) == 0
     (cfg,) = fake_run_job
     assert cfg.output.run_dir == out_dir
+
+
+def test_eval_reads_the_run_config_and_chooses_checkpoints(capsys, fake_run_job, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text((REPO / "configs" / "tiny.yaml").read_text())
+    argv = ["eval", str(run), "--checkpoints", "sft", "ppo", "--set", "eval.num_prompts=50"]
+    assert cli.main(argv) == 0
+    [cfg] = fake_run_job
+    assert cfg.eval.checkpoints == ["sft", "ppo"] and cfg.eval.num_prompts == 50
+    assert cfg.output.run_dir == run
+    assert capsys.readouterr().out.strip() == f"done: {run}/eval.json"
+
+
+def test_eval_of_a_folder_without_a_run(capsys, fake_run_job, tmp_path):
+    assert cli.main(["eval", str(tmp_path)]) == 2
+    assert fake_run_job == []
+    assert f"{tmp_path} is not a run folder" in capsys.readouterr().err

@@ -45,7 +45,7 @@ def test_defaults_validate():
 def test_tiny_yaml_loads():
     cfg = load_config(TINY)
     assert cfg.name == "tiny"
-    assert cfg.stages == ["pretrain", "sft", "rm", "ppo", "dpo"]
+    assert cfg.stages == ["pretrain", "sft", "rm", "ppo", "dpo", "eval"]
     assert cfg.model.max_prompt_tokens == 16
     assert cfg.model.max_seq_len == 64
     assert cfg.pretrain.batch_size == 64
@@ -199,12 +199,14 @@ def test_config_from_dict_uses_source():
 # -- cross-field checks -----------------------------------------------------------------------
 
 
-def test_ppo_without_rm_needs_reward_checkpoint():
+def test_ppo_without_rm_needs_a_reward():
     msg = _error(["stages=[ppo]"])
-    assert "stage 'ppo' needs a reward model" in msg
-    assert "model.reward_checkpoint" in msg
+    assert "stage 'ppo' needs a reward" in msg
+    assert "model.reward_checkpoint" in msg and "ppo.reward_function" in msg
     cfg = load_config(None, ["stages=[ppo]", "model.reward_checkpoint=runs/x/rm"])
     assert cfg.ordered_stages() == ["ppo"]
+    cfg = load_config(None, ["stages=[ppo]", "ppo.reward_function=my_pkg.rewards:score"])
+    assert cfg.ppo.reward_function == "my_pkg.rewards:score"
 
 
 def test_dpo_without_rm_needs_preferences():
@@ -249,7 +251,7 @@ def test_duplicate_stages():
 
 def test_empty_stages():
     msg = _error(["stages=[]"])
-    assert "stages is empty; choose from pretrain, sft, rm, ppo, dpo" in msg
+    assert "stages is empty; choose from pretrain, sft, rm, ppo, dpo, eval" in msg
 
 
 def test_k_min_above_k_max():

@@ -1,0 +1,129 @@
+"""Config sections shared by several stages: model, data, optimiser, sampling, rollout engine,
+resources, Ray and output. Stage sections live in `stages.py`, the job in `job.py`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class Section(BaseModel):
+    # allow_inf_nan=False: `lr: .inf` or a JSON Infinity is a config error, not a diverged job.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class ModelConfig(Section):
+    base: str = Field("tiny", description="Preset (tiny, smollm2) or a local HF model folder.")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    sft_checkpoint: str | None = Field(
+        None, description="Existing SFT model for rm/ppo/dpo/eval when the sft stage is not run."
+    )
+    reward_checkpoint: str | None = Field(
+        None, description="Existing reward model for ppo/eval when the rm stage is not run."
+    )
+    max_prompt_tokens: PositiveInt = 32
+    max_seq_len: PositiveInt = 96
+
+
+class DataConfig(Section):
+    task: Literal["rotten_tomatoes"] | None = Field(
+        "rotten_tomatoes", description="Built-in task supplying any dataset not given as a file."
+    )
+    pretrain: Path | None = Field(None, description='JSONL of {"text"} for pretrain and ptx.')
+    sft: Path | None = Field(None, description='JSONL of {"prompt","response"}.')
+    preferences: Path | None = Field(
+        None,
+        description='JSONL of {"prompt","chosen","rejected"}, {"prompt","ranked"} or HH-RLHF.',
+    )
+    prompts: Path | None = Field(None, description='JSONL of {"prompt"} for PPO rollouts.')
+    eval_prompts: Path | None = Field(
+        None,
+        description='JSONL of {"prompt"} for the eval stage and the PPO monitor; default: the '
+        "task's held-out prompts, else a held-out slice of data.prompts that PPO never sees.",
+    )
+    preference_max_chars: PositiveInt = 1000
+    eval_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+
+
+class OptimConfig(Section):
+    lr: PositiveFloat = 1e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    grad_clip: PositiveFloat = 1.0
+
+
+class SamplingConfig(Section):
+    temperature: Annotated[float, Field(ge=0, description="0 = greedy decoding.")] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    max_new_tokens: PositiveInt = 24
+
+
+class RolloutConfig(Section):
+    """The engine that generates responses (PPO rollouts, the labeler's and eval samples)."""
+
+    backend: Literal["vllm", "hf"] = Field(
+        "vllm", description="vllm (default) or hf: transformers generate(), the fallback."
+    )
+    num_engines: PositiveInt = Field(1, description="Data-parallel engines, one actor each.")
+    tensor_parallel_size: PositiveInt = 1
+    max_model_len: PositiveInt | None = Field(None, description="Default: the model's own.")
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.3
+    cpu_kv_cache_gib: PositiveFloat = Field(1.0, description="KV cache of vLLM on CPU.")
+    enforce_eager: bool = True
+    seed: int = 0
+    weight_sync: Literal["auto", "shm", "object_store"] = Field(
+        "auto",
+        description="How new policy weights reach the engines: shm (one safetensors file in "
+        "shared memory, same node only), object_store (buckets through Ray, any node), or "
+        "auto: shm when the policy's rank 0 and every engine share a node with room in "
+        "shm_dir, else object_store.",
+    )
+    shm_dir: str = Field("/dev/shm", description="Shared-memory folder for weight_sync=shm.")
+    sync_bucket_mb: PositiveInt = Field(
+        256, description="Bucket size of the object_store weight sync."
+    )
+    colocate: bool = Field(
+        False,
+        description="Share devices: policy, reference and engine on one GPU, the engine "
+        "sleeping (weights and KV cache released) while the trainers run.",
+    )
+
+
+class RoleResources(Section):
+    actors: PositiveInt = Field(
+        1,
+        description="Ranks of this role, one Ray actor each: data-parallel DeepSpeed ranks "
+        "for a trained role, full copies sharing the batch for a frozen one.",
+    )
+    num_cpus: PositiveFloat = 0.5
+    num_gpus: Annotated[float, Field(ge=0)] = 1.0
+
+
+class ResourcesConfig(Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    zero_stage: Annotated[int, Field(ge=0, le=3)] = Field(
+        2, description="DeepSpeed ZeRO stage of multi-rank roles (a one-rank role runs stage 0)."
+    )
+    torch_threads: PositiveInt | None = None
+    policy: RoleResources = RoleResources()
+    critic: RoleResources = RoleResources()
+    reference: RoleResources = RoleResources()
+    reward: RoleResources = RoleResources()
+    rollout: RoleResources = RoleResources()
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="Ray cluster address; None starts a local one.")
+    num_cpus: PositiveInt | None = Field(None, description="CPUs of a local cluster.")
+
+
+class OutputConfig(Section):
+    run_dir: Path = Path("runs/latest")
+    cache_dir: Path | None = Field(None, description="Built base models; default ~/.cache.")
+    tensorboard: bool = True
