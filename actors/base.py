@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from instructray.models import disable_dropout
 from instructray.rollout.weights import write_file
 from instructray.training.engine import EngineSpec, build_engine, full_state_dict, init_distributed
 from instructray.training.forward import Batch, to_device
@@ -47,6 +48,8 @@ class RankActor:
             self.model = model.to(self.device).eval().requires_grad_(False)
             return
         model.config.use_cache = False
+        if not spec.dropout:
+            disable_dropout(model)
         self.spec = spec
         self.engine = build_engine(model, spec)
         self.model = self.engine.module

@@ -22,7 +22,13 @@ from instructray.algorithms import (
 from instructray.config import DPOStageConfig, PPOStageConfig
 from instructray.models import load_causal_lm
 from instructray.training.engine import EngineSpec, current_lr, torch_dtype
-from instructray.training.forward import Batch, action_logprobs, lm_logits, micro_batches
+from instructray.training.forward import (
+    Batch,
+    action_logprobs,
+    lm_logits,
+    micro_batches,
+    split_batch,
+)
 
 
 def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -64,10 +70,16 @@ class CausalLMActor(RankActor):
 
     # -- log-probs for PPO (old policy, reference) and DPO (reference) -----------------------
     @torch.no_grad()
-    def action_logprobs(self, batch: Batch) -> torch.Tensor:
+    def action_logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+        """Log-probs of the response tokens under the distribution sampled at
+        ``temperature`` (π_old, the reference, the eval KL)."""
         batch = self._batch(batch)
         logps, _ = action_logprobs(
-            self.model, batch["sequences"], batch["attention_mask"], batch["action_mask"].shape[1]
+            self.model,
+            batch["sequences"],
+            batch["attention_mask"],
+            batch["action_mask"].shape[1],
+            temperature,
         )
         return logps.cpu()
 
@@ -123,15 +135,20 @@ class CausalLMActor(RankActor):
     def train_ppo(self, batch: Batch, ptx: Batch | None, cfg: PPOStageConfig) -> dict[str, float]:
         """One optimizer step on a PPO mini-batch (this rank's share), micro-batched."""
         micro = self._micro_batches(batch)
-        ptx_micro: list[Batch | None] = [None] * len(micro)
-        if ptx is not None:
-            size = -(-ptx["input_ids"].shape[0] // len(micro))
-            ptx_micro = list(micro_batches(self._batch(ptx), size))
+        # One slice of the ptx texts per micro-batch, never fewer: DeepSpeed steps the
+        # optimizer after exactly grad_accum_steps backward passes.
+        ptx_micro: list[Batch | None] = (
+            [None] * len(micro) if ptx is None else split_batch(self._batch(ptx), len(micro))
+        )
         rows = []
-        for mb, ptx_mb in zip(micro, ptx_micro, strict=False):
+        for mb, ptx_mb in zip(micro, ptx_micro, strict=True):
             mask = mb["action_mask"]
             logps, logits = action_logprobs(
-                self.model, mb["sequences"], mb["attention_mask"], mask.shape[1]
+                self.model,
+                mb["sequences"],
+                mb["attention_mask"],
+                mask.shape[1],
+                cfg.sampling.temperature,
             )
             pg_loss, clip_frac, approx_kl = policy_loss_clipped(
                 logps,

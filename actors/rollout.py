@@ -18,12 +18,16 @@ from instructray.training.forward import Batch
 
 
 def response_mask(responses: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
-    """1 for tokens up to and including the first EOS; 0 after it (works when pad == eos)."""
+    """1 for the actions: tokens up to and including the first EOS, without generate()'s
+    trailing padding (works when pad == eos). Always a prefix of the row: a pad id the model
+    sampled mid-response is an action like any other, not a hole in the mask."""
     is_eos = responses == eos_id
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
     valid = ~after_eos
     if pad_id != eos_id:
-        valid &= responses != pad_id
+        positions = torch.arange(responses.shape[-1], device=responses.device)
+        last_real = torch.where(responses != pad_id, positions, -1).amax(dim=-1, keepdim=True)
+        valid &= positions <= last_real
     return valid
 
 

@@ -52,6 +52,11 @@ class ValueModelActor(RankActor):
         loss, accuracy, _ = self._rm_loss(self._batch(batch))
         return {"loss": loss.item(), "accuracy": float(accuracy)}
 
+    def set_reward_offset(self, offset: float) -> None:
+        """Scores become logit − offset; saved in the checkpoint's config (``reward_offset``)."""
+        assert self.model is not None
+        self.model.config.reward_offset = float(offset)
+
     @torch.no_grad()
     def scores(self, batch: Batch) -> torch.Tensor:
         """r(x, y) at the last real token of each `[prompt | response]` row."""

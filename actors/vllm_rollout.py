@@ -35,6 +35,9 @@ class VLLMRolloutActor(RankActor):
             enforce_eager=engine.enforce_eager,
             enable_prefix_caching=True,
             worker_extension_cls=EXTENSION,
+            # Log-probs of the distribution actually sampled (after temperature), which is
+            # what the trainer computes for π_old and TIS.
+            logprobs_mode="processed_logprobs",
         )
 
     @torch.no_grad()

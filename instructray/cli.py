@@ -1,4 +1,6 @@
-"""``instructray run CONFIG [--set key=value ...] [--out RUN_DIR]``."""
+"""``instructray run CONFIG [--set key=value ...] [--out RUN_DIR]``,
+``instructray check CONFIG [--set ...]`` and
+``instructray eval RUN_DIR [--checkpoints sft ppo ...] [--set ...]``."""
 
 from __future__ import annotations
 
@@ -29,15 +31,49 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config and print it resolved")
     check.add_argument("config", type=Path)
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    evaluate = sub.add_parser(
+        "eval",
+        help="evaluate a run's policies on held-out prompts: eval.json and report/ in RUN_DIR",
+    )
+    evaluate.add_argument("run_dir", type=Path, help="a run folder (with config.yaml)")
+    evaluate.add_argument(
+        "--checkpoints",
+        nargs="+",
+        choices=["pretrain", "sft", "ppo", "dpo"],
+        help="policies to evaluate (default: eval.checkpoints of the run's config)",
+    )
+    evaluate.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the run's config, e.g. eval.num_prompts=200",
+    )
     return parser
+
+
+def _load(args: argparse.Namespace):
+    if args.command != "eval":
+        cfg = load_config(args.config, args.overrides)
+        if getattr(args, "out", None) is not None:
+            cfg.output.run_dir = args.out
+        return cfg
+    config = args.run_dir / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"{args.run_dir} is not a run folder: {config} is missing")
+    overrides = list(args.overrides)
+    if args.checkpoints:
+        overrides.append(f"eval.checkpoints=[{', '.join(args.checkpoints)}]")
+    cfg = load_config(config, overrides)
+    cfg.output.run_dir = args.run_dir
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
-        if getattr(args, "out", None) is not None:
-            cfg.output.run_dir = args.out
+        cfg = _load(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -49,18 +85,19 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from instructray.orchestrator.pipeline import run_job
+    from instructray.orchestrator.pipeline import run_eval, run_job
 
     started_ray = not ray.is_initialized()
     try:
-        ctx = run_job(cfg)
+        ctx = run_eval(cfg, cfg.output.run_dir) if args.command == "eval" else run_job(cfg)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
         if started_ray and ray.is_initialized():
             ray.shutdown()
-    print(f"done: {ctx.run_dir}/summary.json")
+    done = "eval.json" if args.command == "eval" else "summary.json"
+    print(f"done: {ctx.run_dir}/{done}")
     return 0
 
 

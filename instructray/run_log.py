@@ -43,13 +43,29 @@ def format_metrics(metrics: dict[str, float]) -> str:
 class RunLogger:
     """Appends one JSON object per step to metrics.jsonl and keeps per-stage summaries."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, console: Console | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool = True,
+        console: Console | None = None,
+        keep_summary: bool = False,
+    ):
+        """``keep_summary`` continues an existing summary.json (its stages and warnings), as
+        `instructray eval` does on a finished run; otherwise the run starts a new one."""
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = run_dir / "metrics.jsonl"
         self.summary_path = run_dir / "summary.json"
         self.console = console or Console(highlight=False)
         self.summaries: dict[str, StageSummary] = {}
+        self.warnings: list[dict[str, Any]] = []
+        self.previous_status: str | None = None
+        """The status of the run this logger continues (keep_summary), else None."""
+        if keep_summary and self.summary_path.exists():
+            previous = json.loads(self.summary_path.read_text())
+            self.previous_status = previous.get("status")
+            self.summaries = {k: StageSummary(**v) for k, v in previous["stages"].items()}
+            self.warnings = previous.get("warnings", [])
         self._stage_started: dict[str, float] = {}
         self._tb = None
         if tensorboard:
@@ -59,6 +75,28 @@ class RunLogger:
 
     def info(self, message: str) -> None:
         self.console.print(message, markup=False, highlight=False)
+
+    def warn(self, stage: str, step: int, kind: str, message: str, key: str = "") -> None:
+        """A warning the user must see: a log line now, and one entry per (stage, kind, key)
+        in summary.json's ``warnings`` (``step`` where it first fired, ``last_step`` and the
+        latest ``message`` when it repeats)."""
+        self.console.print(f"[{stage}] WARNING {message}", style="bold yellow", markup=False)
+        for entry in self.warnings:
+            if (entry["stage"], entry["kind"], entry.get("key", "")) == (stage, kind, key):
+                entry.update(message=message, last_step=step)
+                break
+        else:
+            self.warnings.append(
+                {
+                    "stage": stage,
+                    "step": step,
+                    "last_step": step,
+                    "kind": kind,
+                    "key": key,
+                    "message": message,
+                }
+            )
+        self.write_summary()
 
     def start_stage(self, stage: str) -> None:
         self.summaries[stage] = StageSummary(stage=stage)
@@ -100,6 +138,7 @@ class RunLogger:
             "status": status,
             "error": error,
             "stages": {name: asdict(s) for name, s in self.summaries.items()},
+            "warnings": self.warnings,
         }
         tmp = self.summary_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body, indent=2, allow_nan=False))

@@ -11,7 +11,14 @@ from typing import Any, TypeVar
 
 import torch
 
-from instructray.data import PromptExample, RankedComparison, SFTExample, TextExample
+from instructray.data import (
+    PreferencePair,
+    PromptExample,
+    RankedComparison,
+    SFTExample,
+    TextExample,
+)
+from instructray.data.records import TokenIds
 
 T = TypeVar("T")
 Batch = dict[str, torch.Tensor]
@@ -46,8 +53,29 @@ def _prompt_response(
 ) -> tuple[list[int], list[int]]:
     """(ids, loss_mask) of prompt + response + EOS; the loss covers the response and EOS."""
     p = encode_prompt(tokenizer, prompt, max_prompt)
-    r = [*_ids(tokenizer, response), tokenizer.eos_token_id][: max(1, max_len - len(p))]
-    return p + r, [0] * len(p) + [1] * len(r)
+    return _join(p, [*_ids(tokenizer, response), tokenizer.eos_token_id], max_len)
+
+
+def _join(prompt: Sequence[int], response: Sequence[int], max_len: int):
+    r = list(response)[: max(1, max_len - len(prompt))]
+    return list(prompt) + r, [0] * len(prompt) + [1] * len(r)
+
+
+def answer_row(
+    tokenizer: Any,
+    prompt: str,
+    answer: str,
+    prompt_ids: TokenIds | None,
+    answer_ids: TokenIds | None,
+    max_prompt: int,
+    max_len: int,
+) -> tuple[list[int], list[int]]:
+    """(ids, loss_mask) of one answer to a prompt: the sampled tokens when the answer came
+    from the policy (EOS only where it was emitted, as PPO rollouts are scored), else the
+    text encoded with EOS appended (an answer from a file is complete)."""
+    if prompt_ids is None or answer_ids is None:
+        return _prompt_response(tokenizer, prompt, answer, max_prompt, max_len)
+    return _join(list(prompt_ids)[-max_prompt:], answer_ids, max_len)
 
 
 def lm_batch(
@@ -75,7 +103,10 @@ def ranking_batch(
     rows, group_ids, ranks = [], [], []
     for g, comp in enumerate(comparisons):
         for rank, answer in enumerate(comp.ranked):
-            ids, _ = _prompt_response(tokenizer, comp.prompt, answer, max_prompt, max_len)
+            answer_ids = None if comp.ranked_ids is None else comp.ranked_ids[rank]
+            ids, _ = answer_row(
+                tokenizer, comp.prompt, answer, comp.prompt_ids, answer_ids, max_prompt, max_len
+            )
             rows.append(ids)
             group_ids.append(g)
             ranks.append(rank)
@@ -89,21 +120,32 @@ def ranking_batch(
 
 
 def pair_batch(
-    tokenizer: Any, pairs: Sequence[tuple[str, str, str]], max_prompt: int, max_len: int
+    tokenizer: Any, pairs: Sequence[PreferencePair], max_prompt: int, max_len: int
 ) -> Batch:
-    """(prompt, chosen, rejected) triples for DPO."""
+    """(prompt, chosen, rejected) pairs for DPO."""
     out: Batch = {}
-    for side, index in (("chosen", 1), ("rejected", 2)):
-        encoded = [_prompt_response(tokenizer, p[0], p[index], max_prompt, max_len) for p in pairs]
+    for side in ("chosen", "rejected"):
+        encoded = [
+            answer_row(
+                tokenizer,
+                p.prompt,
+                getattr(p, side),
+                p.prompt_ids,
+                getattr(p, f"{side}_ids"),
+                max_prompt,
+                max_len,
+            )
+            for p in pairs
+        ]
         ids, mask = pad_right([e[0] for e in encoded], tokenizer.pad_token_id)
         loss_mask, _ = pad_right([e[1] for e in encoded], 0)
         out |= {f"{side}_ids": ids, f"{side}_mask": mask, f"{side}_loss_mask": loss_mask}
     return out
 
 
-def comparison_pairs(comparisons: Sequence[RankedComparison]) -> list[tuple[str, str, str]]:
-    """Every (prompt, better, worse) pair of every ranking."""
-    return [(c.prompt, w, lo) for c in comparisons for w, lo in c.pairs()]
+def comparison_pairs(comparisons: Sequence[RankedComparison]) -> list[PreferencePair]:
+    """Every (chosen, rejected) pair of every ranking."""
+    return [pair for c in comparisons for pair in c.preference_pairs()]
 
 
 def prompt_ids(

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from instructray.config import JobConfig, Stage, dump_config
 from instructray.models import default_cache_dir, resolve_base_model
+from instructray.models.loading import is_complete
 from instructray.orchestrator.context import JobContext, JobData
 from instructray.orchestrator.roles import init_ray
 from instructray.orchestrator.stages import dpo, lm, ppo, rm
+from instructray.orchestrator.stages import eval as eval_stage
 from instructray.run_log import RunLogger
 
 STAGES: dict[Stage, Callable[[JobContext], Path]] = {
@@ -20,34 +22,58 @@ STAGES: dict[Stage, Callable[[JobContext], Path]] = {
     "rm": rm.run,
     "ppo": ppo.run,
     "dpo": dpo.run,
+    "eval": eval_stage.run,
 }
 
 
 def run_job(cfg: JobConfig, run_dir: Path | None = None) -> JobContext:
     """Run every stage of ``cfg``; returns the context with the checkpoints it wrote.
 
-    RUN_DIR gets config.yaml, metrics.jsonl, summary.json, tensorboard/, checkpoints/<stage>/.
+    RUN_DIR gets config.yaml, metrics.jsonl, summary.json, tensorboard/, checkpoints/<stage>/,
+    and with the eval stage eval.json and report/.
     """
     run_dir = Path(run_dir or cfg.output.run_dir)
     log = RunLogger(run_dir, tensorboard=cfg.output.tensorboard)
     dump_config(cfg, run_dir / "config.yaml")
+    return _run_stages(cfg, run_dir, log, cfg.ordered_stages(), {})
+
+
+def run_eval(cfg: JobConfig, run_dir: Path) -> JobContext:
+    """``instructray eval RUN_DIR``: the eval stage alone on a run's saved checkpoints; its
+    stage summary and warnings are kept, eval.json and report/ (re)written."""
+    found: dict[Stage, Path] = {}
+    for stage in ("pretrain", "sft", "rm", "ppo", "dpo"):
+        path = run_dir / "checkpoints" / stage
+        if is_complete(path):
+            found[stage] = path
+    log = RunLogger(run_dir, tensorboard=False, keep_summary=True)
+    return _run_stages(cfg, run_dir, log, ["eval"], found)
+
+
+def _run_stages(
+    cfg: JobConfig, run_dir: Path, log: RunLogger, stages: list[Stage], found: dict[Stage, Path]
+) -> JobContext:
     try:
         cache = cfg.output.cache_dir or default_cache_dir()
-        log.info(f"job {cfg.name!r}: stages {' → '.join(cfg.ordered_stages())}, run dir {run_dir}")
+        log.info(f"job {cfg.name!r}: stages {' → '.join(stages)}, run dir {run_dir}")
         base = resolve_base_model(cfg.model.base, Path(cache))
         log.info(f"base model {cfg.model.base!r} at {base}")
         data = JobData(cfg)
-        data.check_files(cfg.ordered_stages())
+        data.check_files(stages)
         init_ray(cfg)
         ctx = JobContext(cfg=cfg, run_dir=run_dir, log=log, base_model=base, data=data)
-        for stage in cfg.ordered_stages():
+        ctx.checkpoints.update(found)
+        for stage in stages:
             log.start_stage(stage)
             ctx.checkpoints[stage] = STAGES[stage](ctx)
     except BaseException as err:
-        log.write_summary(status="failed", error=f"{type(err).__name__}: {err}")
+        # A later evaluation that fails does not make the training run it measured fail.
+        status = log.previous_status or "failed"
+        where = f"{stages[-1]} failed: " if log.previous_status else ""
+        log.write_summary(status=status, error=f"{where}{type(err).__name__}: {err}")
         log.info(traceback.format_exc())
         raise
     finally:
         log.close()
-    log.write_summary(status="succeeded")
+    log.write_summary(status=log.previous_status or "succeeded")
     return ctx

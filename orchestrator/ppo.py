@@ -6,7 +6,7 @@ cheap per-token arithmetic (KL, reward shaping, advantages) on the driver."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
@@ -28,10 +28,11 @@ from instructray.algorithms import (
     truncated_is_weights,
     whiten,
 )
-from instructray.config import PPOStageConfig, RolloutConfig
+from instructray.config import PPOStageConfig, RolloutConfig, SamplingConfig
 from instructray.data import PromptExample, TextExample
 from instructray.orchestrator.batching import cycle, lm_batch, prompt_ids
 from instructray.orchestrator.experience import Experience, merge_rollouts
+from instructray.orchestrator.measure import RewardSource, forward_on
 from instructray.orchestrator.stages.common import Stopwatch
 from instructray.orchestrator.weight_sync import choose_weight_sync
 
@@ -42,7 +43,8 @@ Batch = dict[str, torch.Tensor]
 class PPORoles:
     policy: ActorGroup
     reference: ActorGroup
-    reward: ActorGroup
+    reward: ActorGroup | None
+    """None when ``ppo.reward_function`` scores the responses instead of a reward model."""
     rollout: ActorGroup
     critic: ActorGroup | None
     """None when the advantage estimator needs no critic."""
@@ -53,14 +55,16 @@ class PPORoles:
                 group.shutdown()
 
 
-def _shards(batch: Batch, n: int) -> list[Batch]:
-    parts = {k: torch.tensor_split(v, n) for k, v in batch.items()}
-    return [{k: parts[k][i] for k in batch} for i in range(n)]
-
-
-def forward_on(group: ActorGroup, method: Callable[[Any], Any], batch: Batch) -> list[Any]:
-    """Start ``method(actor)(shard)`` on every rank (collective under ZeRO-3); returns refs."""
-    return group.map_async(method, _shards(batch, group.world_size))
+def generate_on(
+    engines: ActorGroup, ids: list[list[int]], sampling: SamplingConfig, n: int, seed: int
+) -> list[Any]:
+    """Start sampling ``n`` responses per prompt, the prompts split between the engines;
+    `merge_rollouts` of the results is one batch in prompt order."""
+    per_engine = -(-len(ids) // engines.world_size)
+    chunks = [ids[i : i + per_engine] for i in range(0, len(ids), per_engine)]
+    chunks += [[] for _ in range(engines.world_size - len(chunks))]
+    busy = [(a, c) for a, c in zip(engines.actors, chunks, strict=True) if c]
+    return [a.generate.remote(c, sampling, n, seed) for a, c in busy]
 
 
 def make_kl_controller(cfg: PPOStageConfig) -> KLController:
@@ -75,6 +79,7 @@ class PPOCoordinator:
         cfg: PPOStageConfig,
         rollout_cfg: RolloutConfig,
         roles: PPORoles,
+        reward: RewardSource,
         tokenizer: Any,
         prompts: Sequence[PromptExample],
         ptx_texts: Sequence[TextExample],
@@ -85,6 +90,7 @@ class PPOCoordinator:
         self.cfg = cfg
         self.colocate = rollout_cfg.colocate
         self.roles = roles
+        self.reward = reward
         self.weight_sync = choose_weight_sync(rollout_cfg, roles.policy, roles.rollout)
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
@@ -140,14 +146,12 @@ class PPOCoordinator:
     # -- the pieces ---------------------------------------------------------------------------
     def launch_generation(self, iteration: int) -> tuple[list[Any], torch.Tensor]:
         """Start sampling the next prompts on every engine (prompts split between engines)."""
-        cfg, engines = self.cfg, self.roles.rollout
+        cfg = self.cfg
         prompts = [next(self.prompts) for _ in range(cfg.rollout_batch_size)]
         ids = prompt_ids(self.tokenizer, prompts, self.max_prompt_tokens)
-        per_engine = -(-len(ids) // engines.world_size)
-        chunks = [ids[i : i + per_engine] for i in range(0, len(ids), per_engine)]
-        refs = engines.map_async(
-            lambda a: a.generate,
-            chunks,
+        refs = generate_on(
+            self.roles.rollout,
+            ids,
             cfg.sampling,
             cfg.samples_per_prompt,
             self.seed * 100003 + iteration,
@@ -171,13 +175,16 @@ class PPOCoordinator:
     def make_experience(self, rollout: Batch, group_ids: torch.Tensor) -> Experience:
         """Score the rollouts on every model at once, then shape rewards and advantages."""
         roles, cfg = self.roles, self.cfg
+        temperature = cfg.sampling.temperature
         engine_logprobs = rollout.get("rollout_logprobs")
         from_engine = cfg.old_logprobs == "engine" and engine_logprobs is not None
         policy_refs = (
-            [] if from_engine else forward_on(roles.policy, lambda a: a.action_logprobs, rollout)
+            []
+            if from_engine
+            else forward_on(roles.policy, lambda a: a.action_logprobs, rollout, temperature)
         )
-        ref_refs = forward_on(roles.reference, lambda a: a.action_logprobs, rollout)
-        score_refs = forward_on(roles.reward, lambda a: a.scores, rollout)
+        ref_refs = forward_on(roles.reference, lambda a: a.action_logprobs, rollout, temperature)
+        score_refs = self.reward.start(rollout)
         value_refs = (
             forward_on(roles.critic, lambda a: a.action_values, rollout)
             if roles.critic is not None
@@ -185,7 +192,7 @@ class PPOCoordinator:
         )
         logprobs = engine_logprobs if from_engine else torch.cat(wait(policy_refs))
         ref_logprobs = torch.cat(wait(ref_refs))
-        scores = torch.cat(wait(score_refs))
+        scores = self.reward.result(score_refs, rollout)
         values = torch.cat(wait(value_refs)) if value_refs else None
 
         mask = rollout["action_mask"]

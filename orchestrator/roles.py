@@ -16,7 +16,6 @@ from instructray.config import JobConfig, OptimConfig
 from instructray.training.engine import EngineSpec
 
 Role = Literal["policy", "critic", "reference", "reward", "rollout"]
-DISTRIBUTED_ROLES = {"policy", "critic"}
 COLOCATED_ROLES = ("policy", "reference", "rollout")
 
 
@@ -55,14 +54,21 @@ def uses_gpu(cfg: JobConfig) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def role_size(cfg: JobConfig, role: Role) -> int:
+    """How many actors a role runs: the one place that decides it, for placement and for the
+    batch arithmetic of the stages (rollout engines come from rollout.num_engines)."""
+    if role == "rollout":
+        return cfg.rollout.num_engines
+    return getattr(cfg.resources, role).actors
+
+
 def placement(cfg: JobConfig, role: Role) -> RolePlacement:
     res = getattr(cfg.resources, role)
     gpu = uses_gpu(cfg)
     env = {} if gpu else {"DS_ACCELERATOR": "cpu"}
-    actors = res.actors if role in DISTRIBUTED_ROLES else 1
+    actors = role_size(cfg, role)
     num_gpus = res.num_gpus if gpu else 0.0
     if role == "rollout":
-        actors = cfg.rollout.num_engines
         num_gpus *= cfg.rollout.tensor_parallel_size
         if not gpu:
             env["VLLM_CPU_KVCACHE_SPACE"] = f"{cfg.rollout.cpu_kv_cache_gib:g}"
@@ -81,6 +87,7 @@ def engine_spec(
     world_size: int,
     optim: OptimConfig,
     what: str,
+    dropout: bool = True,
 ) -> EngineSpec:
     """Per-rank micro batch and accumulation steps so one optimizer step sees ``batch_size``."""
     if batch_size % world_size:
@@ -102,6 +109,7 @@ def engine_spec(
         zero_stage=cfg.resources.zero_stage if world_size > 1 else 0,
         dtype=cfg.model.dtype,
         optim=optim,
+        dropout=dropout,
     )
 
 

@@ -23,6 +23,7 @@ from instructray.algorithms.logprobs import (
     entropy_from_logits,
     logprobs_from_logits,
     response_logprobs,
+    tempered_logits,
 )
 from instructray.algorithms.losses import (
     dpo_loss,
@@ -64,6 +65,7 @@ __all__ = [
     "response_logprobs",
     "sft_loss",
     "shape_rewards",
+    "tempered_logits",
     "truncated_is_weights",
     "value_loss_clipped",
     "whiten",

@@ -6,6 +6,17 @@ import torch
 from torch import Tensor
 
 
+def tempered_logits(logits: Tensor, temperature: float) -> Tensor:
+    """The logits of the distribution a sampler at ``temperature`` draws from: logits / T.
+
+    π_old, π_θ, the reference and the entropy must all describe that distribution, or the
+    PPO ratio, the KL penalty and the entropy bonus measure a policy nobody sampled from.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return logits if temperature == 1.0 else logits / temperature
+
+
 def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
     """Log-probability of each label under softmax(logits): [B,T,V], [B,T] -> [B,T] (float32).
 

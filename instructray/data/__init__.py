@@ -11,12 +11,19 @@ from instructray.data.jsonl import (
 )
 from instructray.data.judges import Judge, SentimentJudge, VaderJudge
 from instructray.data.labeler import SimulatedLabeler, agreement
-from instructray.data.records import PromptExample, RankedComparison, SFTExample, TextExample
+from instructray.data.records import (
+    PreferencePair,
+    PromptExample,
+    RankedComparison,
+    SFTExample,
+    TextExample,
+)
 from instructray.data.rotten_tomatoes import Review, RottenTomatoesTask, load_corpus
 
 __all__ = [
     "DataFormatError",
     "Judge",
+    "PreferencePair",
     "PromptExample",
     "RankedComparison",
     "Review",

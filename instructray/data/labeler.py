@@ -13,7 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from instructray.data.judges import Judge
-from instructray.data.records import RankedComparison
+from instructray.data.records import RankedComparison, TokenIds
+
+SampledTokens = tuple[Sequence[int], Sequence[Sequence[int]]]
+"""(prompt ids, one id sequence per answer) as the sampler produced them."""
 
 
 class SimulatedLabeler:
@@ -35,34 +38,66 @@ class SimulatedLabeler:
         return self._rank(prompt, distinct, self.judge.score(distinct))
 
     def rank_many(
-        self, prompts: Sequence[str], answer_lists: Sequence[Sequence[str]]
+        self,
+        prompts: Sequence[str],
+        answer_lists: Sequence[Sequence[str]],
+        sampled: Sequence[SampledTokens] | None = None,
     ) -> list[RankedComparison]:
         """``rank`` for each prompt, with every answer scored in one judge call.
 
+        ``sampled[i]`` = (prompt ids, one id tuple per answer) keeps the sampler's tokens
+        with each ranked answer (an answer repeated as text keeps its first sample's ids).
         Prompts with fewer than 2 distinct answers are left out of the result. Given the same
         seed, the result equals calling ``rank`` on each prompt in turn.
         """
         if len(prompts) != len(answer_lists):
             raise ValueError(f"{len(prompts)} prompts but {len(answer_lists)} answer lists")
-        groups = [list(dict.fromkeys(answers)) for answers in answer_lists]
+        if sampled is not None and len(sampled) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(sampled)} sampled-token entries")
+        firsts = [_first_occurrences(answers) for answers in answer_lists]
+        groups = [
+            [answers[i] for i in keep] for answers, keep in zip(answer_lists, firsts, strict=True)
+        ]
         flat = [answer for group in groups if len(group) >= 2 for answer in group]
         scores = self.judge.score(flat) if flat else np.zeros(0)
         out: list[RankedComparison] = []
         start = 0
-        for prompt, group in zip(prompts, groups, strict=True):
+        for n, (prompt, group) in enumerate(zip(prompts, groups, strict=True)):
             if len(group) < 2:
                 continue
-            out.append(self._rank(prompt, group, scores[start : start + len(group)]))
+            ids = None
+            if sampled is not None:
+                prompt_ids, answer_ids = sampled[n]
+                ids = (tuple(prompt_ids), [tuple(answer_ids[i]) for i in firsts[n]])
+            out.append(self._rank(prompt, group, scores[start : start + len(group)], ids))
             start += len(group)
         return out
 
-    def _rank(self, prompt: str, answers: list[str], scores: np.ndarray) -> RankedComparison:
+    def _rank(
+        self,
+        prompt: str,
+        answers: list[str],
+        scores: np.ndarray,
+        ids: tuple[TokenIds, list[TokenIds]] | None = None,
+    ) -> RankedComparison:
         utility = np.asarray(scores, dtype=np.float64)
         if self.noise > 0:
             utility = utility + self.noise * self._rng.gumbel(size=len(answers))
         # A stable sort of -utility breaks ties by answer index.
         order = np.argsort(-utility, kind="stable")
-        return RankedComparison(prompt, tuple(answers[i] for i in order))
+        ranked = tuple(answers[i] for i in order)
+        if ids is None:
+            return RankedComparison(prompt, ranked)
+        prompt_ids, answer_ids = ids
+        return RankedComparison(prompt, ranked, prompt_ids, tuple(answer_ids[i] for i in order))
+
+
+def _first_occurrences(answers: Sequence[str]) -> list[int]:
+    """Indices of each distinct answer's first appearance, in order."""
+    first: dict[str, int] = {}
+    for i, answer in enumerate(answers):
+        first.setdefault(answer, i)
+    return list(first.values())
 
 
 def agreement(labeler: SimulatedLabeler, comparisons: Sequence[RankedComparison]) -> float:

@@ -2,6 +2,7 @@
 
 from instructray.models.loading import (
     atomic_dir,
+    disable_dropout,
     last_token_index,
     load_causal_lm,
     load_tokenizer,
@@ -27,6 +28,7 @@ __all__ = [
     "convert_smollm2",
     "default_cache_dir",
     "default_tiny_texts",
+    "disable_dropout",
     "last_token_index",
     "load_causal_lm",
     "load_tokenizer",

@@ -105,6 +105,31 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> PreT
     return model
 
 
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Set every dropout probability to 0: ``nn.Dropout`` modules, the float ``*dropout*``
+    attributes attention layers read at call time (Llama's ``attention_dropout``) and the
+    config's, so a saved checkpoint says what was trained.
+
+    RL compares log-probs of the same tokens from several passes (π_old vs π_θ, policy vs
+    reference); with dropout on, they differ by noise even before any update.
+    """
+    configs = {id(model.config): model.config} if hasattr(model, "config") else {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+        config = getattr(module, "config", None)
+        if config is not None:
+            configs[id(config)] = config
+    for config in configs.values():
+        for name, value in config.to_dict().items():
+            if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
+                setattr(config, name, 0.0)
+    return model
+
+
 def _gathered(param: torch.nn.Parameter) -> contextlib.AbstractContextManager[Any]:
     # Under a ZeRO-3 init context the parameter is a partitioned placeholder; it must be
     # gathered for the re-initialisation to touch the real values.
@@ -169,10 +194,12 @@ def token_values(
 def sequence_scores(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """Reward-model score r(x, y) [B]: the value at each row's last real token."""
+    """Reward-model score r(x, y) [B]: the value at each row's last real token, minus the
+    ``reward_offset`` of the model's config (set when the RM is normalised; 0 if absent)."""
     values = token_values(model, input_ids, attention_mask)
     idx = last_token_index(attention_mask).to(values.device)
-    return values.gather(1, idx.unsqueeze(1)).squeeze(1)
+    offset = float(getattr(model.config, "reward_offset", 0.0) or 0.0)
+    return values.gather(1, idx.unsqueeze(1)).squeeze(1) - offset
 
 
 def save_hf_checkpoint(

@@ -21,6 +21,8 @@ class EngineSpec:
     zero_stage: int
     dtype: str
     optim: OptimConfig
+    dropout: bool = True
+    """False for RL (PPO, DPO): every dropout probability is set to 0 before training."""
 
 
 def deepspeed_config(spec: EngineSpec) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
-from instructray.algorithms import response_logprobs
+from instructray.algorithms import response_logprobs, tempered_logits
 from instructray.models import token_values
 
 Batch = dict[str, torch.Tensor]
@@ -34,10 +34,16 @@ def lm_logits(
 
 
 def action_logprobs(
-    model: torch.nn.Module, sequences: torch.Tensor, mask: torch.Tensor, num_actions: int
+    model: torch.nn.Module,
+    sequences: torch.Tensor,
+    mask: torch.Tensor,
+    num_actions: int,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of the last ``num_actions`` tokens and the logits that predicted them."""
+    """Log-probs of the last ``num_actions`` tokens and the logits that predicted them, both
+    of the distribution sampled at ``temperature``."""
     logits = lm_logits(model, sequences, mask, keep_last=num_actions + 1)
+    logits = tempered_logits(logits, temperature)
     action_logits = logits[:, -num_actions - 1 : -1]
     return response_logprobs(logits, sequences, num_actions), action_logits
 
@@ -56,6 +62,16 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 
 def batch_size(batch: Batch) -> int:
     return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+
+
+def split_batch(batch: Batch, parts: int) -> list[Batch]:
+    """Exactly ``parts`` contiguous row slices whose sizes differ by at most one (data-parallel
+    shards, or the ptx texts of each PPO micro-batch); refuses to make an empty part."""
+    rows = batch_size(batch)
+    if not 0 < parts <= rows:
+        raise ValueError(f"cannot split a batch of {rows} rows into {parts} non-empty parts")
+    pieces = {k: torch.tensor_split(v, parts) for k, v in batch.items()}
+    return [{k: pieces[k][i] for k in batch} for i in range(parts)]
 
 
 def micro_batches(batch: Batch, size: int) -> Iterator[Batch]:

@@ -14,7 +14,7 @@ from instructray.orchestrator.batching import (
     split_for_ranks,
 )
 from instructray.orchestrator.context import JobContext, split_eval
-from instructray.orchestrator.roles import engine_spec, start_causal_lm
+from instructray.orchestrator.roles import engine_spec, role_size, start_causal_lm
 from instructray.orchestrator.stages.common import mean_over_ranks, save, train_epochs
 from instructray.orchestrator.stages.rm import comparisons_for
 
@@ -29,10 +29,12 @@ def run(ctx: JobContext) -> Path:
     pairs = comparison_pairs(comparisons_for(ctx))
     if scfg.max_pairs:
         pairs = pairs[: scfg.max_pairs]
-    train, held_out = split_eval(pairs, cfg.data.eval_fraction, cfg.seed, max_eval=256)
+    train, held_out = split_eval(
+        pairs, cfg.data.eval_fraction, cfg.seed, max_eval=256, key=lambda p: p.prompt
+    )
     init = ctx.sft_model()
     tokenizer = ctx.tokenizer(init)
-    world = cfg.resources.policy.actors
+    world = role_size(cfg, "policy")
     spec = engine_spec(cfg, scfg.batch_size, scfg.micro_batch_size, world, scfg.optim, "dpo")
 
     def encode(part):

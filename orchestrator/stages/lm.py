@@ -10,7 +10,7 @@ from instructray.config import LMStageConfig
 from instructray.data import SFTExample, TextExample
 from instructray.orchestrator.batching import lm_batch
 from instructray.orchestrator.context import JobContext, split_eval
-from instructray.orchestrator.roles import engine_spec, start_causal_lm
+from instructray.orchestrator.roles import engine_spec, role_size, start_causal_lm
 from instructray.orchestrator.stages.common import run_sharded, save, train_epochs
 
 LMStage = Literal["pretrain", "sft"]
@@ -22,14 +22,17 @@ def run(ctx: JobContext, stage: LMStage) -> Path:
     init = (
         ctx.base_model if stage == "pretrain" else ctx.checkpoints.get("pretrain", ctx.base_model)
     )
-    examples: list[SFTExample] | list[TextExample] = (
-        ctx.data.pretrain_texts if stage == "pretrain" else ctx.data.sft_examples
-    )
-    if scfg.max_examples:
-        examples = examples[: scfg.max_examples]
-    train, held_out = split_eval(examples, cfg.data.eval_fraction, cfg.seed, max_eval=256)
+    train: list[SFTExample] | list[TextExample]
+    if stage == "pretrain":
+        # The held-out texts are the eval stage's measure of the alignment tax.
+        train, held_out = ctx.data.pretrain_split()
+        train = train[: scfg.max_examples] if scfg.max_examples else train
+    else:
+        examples = ctx.data.sft_examples
+        examples = examples[: scfg.max_examples] if scfg.max_examples else examples
+        train, held_out = split_eval(examples, cfg.data.eval_fraction, cfg.seed, max_eval=256)
     tokenizer = ctx.tokenizer(init)
-    world = cfg.resources.policy.actors
+    world = role_size(cfg, "policy")
     spec = engine_spec(cfg, scfg.batch_size, scfg.micro_batch_size, world, scfg.optim, stage)
     ctx.log.info(
         f"[{stage}] {len(train)} train / {len(held_out)} held-out examples, "

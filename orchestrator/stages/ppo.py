@@ -7,29 +7,36 @@ from __future__ import annotations
 
 from pathlib import Path
 from statistics import fmean
+from typing import Any
 
 from instructray.algorithms import CRITIC_FREE
 from instructray.orchestrator.context import JobContext
+from instructray.orchestrator.measure import RewardSource
+from instructray.orchestrator.monitor import PPOMonitor
 from instructray.orchestrator.ppo import PPOCoordinator, PPORoles
 from instructray.orchestrator.roles import (
     engine_spec,
+    role_size,
     start_causal_lm,
     start_rollout,
     start_value_model,
 )
-from instructray.orchestrator.stages.common import save
+from instructray.orchestrator.stages.common import Stopwatch, save
 
 
 def start_roles(ctx: JobContext) -> PPORoles:
     cfg, scfg = ctx.cfg, ctx.cfg.ppo
-    sft, rm = str(ctx.sft_model()), str(ctx.reward_model())
+    sft, rm = str(ctx.sft_model()), ctx.reward_model()
+    uses_rm = scfg.reward_function is None
+    # RL compares log-probs of the same tokens across passes: no dropout noise.
     policy_spec = engine_spec(
         cfg,
         scfg.mini_batch_size,
         scfg.micro_batch_size,
-        cfg.resources.policy.actors,
+        role_size(cfg, "policy"),
         scfg.policy_optim,
         "ppo policy",
+        dropout=False,
     )
     critic = None
     if scfg.advantage_estimator not in CRITIC_FREE:
@@ -37,15 +44,17 @@ def start_roles(ctx: JobContext) -> PPORoles:
             cfg,
             scfg.mini_batch_size,
             scfg.micro_batch_size,
-            cfg.resources.critic.actors,
+            role_size(cfg, "critic"),
             scfg.critic_optim,
             "ppo critic",
+            dropout=False,
         )
-        critic = start_value_model(cfg, "critic", rm, critic_spec)
+        # InstructGPT initialises the critic from the RM; without one, from the SFT model.
+        critic = start_value_model(cfg, "critic", str(rm or sft), critic_spec)
     return PPORoles(
         policy=start_causal_lm(cfg, "policy", sft, policy_spec),
         reference=start_causal_lm(cfg, "reference", sft, spec=None),
-        reward=start_value_model(cfg, "reward", rm, spec=None),
+        reward=start_value_model(cfg, "reward", str(rm), spec=None) if uses_rm else None,
         rollout=start_rollout(cfg, sft),
         critic=critic,
     )
@@ -54,21 +63,25 @@ def start_roles(ctx: JobContext) -> PPORoles:
 def run(ctx: JobContext) -> Path:
     cfg, scfg = ctx.cfg, ctx.cfg.ppo
     sft = ctx.sft_model()
-    ptx_texts = ctx.data.pretrain_texts if scfg.ptx_coef > 0 else []
+    ptx_texts = ctx.data.pretrain_split()[0] if scfg.ptx_coef > 0 else []
+    reward_name = scfg.reward_function or f"reward model {ctx.reward_model()}"
     ctx.log.info(
         f"[ppo] {scfg.iterations} iterations × {scfg.rollout_batch_size} prompts × "
-        f"{scfg.samples_per_prompt} samples; advantages {scfg.advantage_estimator}, "
-        f"KL {scfg.kl.estimator} β={scfg.kl.init_coef}"
+        f"{scfg.samples_per_prompt} samples at T={scfg.sampling.temperature}; advantages "
+        f"{scfg.advantage_estimator}, KL {scfg.kl.estimator} β={scfg.kl.init_coef}"
         f"{' adaptive' if scfg.kl.adaptive else ''}, ptx γ={scfg.ptx_coef}; "
-        f"policy {sft}, reward model {ctx.reward_model()}"
+        f"policy {sft}, reward: {reward_name}"
     )
+    tokenizer = ctx.tokenizer(sft)
     roles = start_roles(ctx)
     try:
+        reward = RewardSource.of(roles.reward, scfg.reward_function, tokenizer)
         coordinator = PPOCoordinator(
             scfg,
             cfg.rollout,
             roles,
-            ctx.tokenizer(sft),
+            reward,
+            tokenizer,
             ctx.data.rl_prompts(cfg.rm.labeler.num_prompts),
             ptx_texts,
             cfg.model.max_prompt_tokens,
@@ -76,9 +89,12 @@ def run(ctx: JobContext) -> Path:
             cfg.seed,
         )
         ctx.log.info(f"[ppo] weight sync into the engines: {coordinator.weight_sync.transport}")
+        monitor = start_monitor(ctx, roles, reward, tokenizer)
         history = []
         for iteration in range(1, scfg.iterations + 1):
             metrics = coordinator.train_step(iteration)
+            if monitor is not None and monitor.due(iteration, scfg.iterations):
+                metrics |= observe(ctx, monitor, iteration)
             history.append(metrics)
             ctx.log.log("ppo", iteration, metrics, scfg.iterations)
         checkpoint = save(ctx, roles.policy, "ppo")
@@ -97,6 +113,45 @@ def run(ctx: JobContext) -> Path:
             "seconds_per_iteration": fmean(
                 sum(v for k, v in m.items() if k.startswith("time_")) for m in history
             ),
+            "hacking_warnings": float(sum(w["stage"] == "ppo" for w in ctx.log.warnings)),
         },
     )
     return checkpoint
+
+
+def start_monitor(
+    ctx: JobContext, roles: PPORoles, reward: RewardSource, tokenizer: Any
+) -> PPOMonitor | None:
+    """The reward-hacking monitor, with its baseline observation of the SFT policy."""
+    cfg, mcfg = ctx.cfg, ctx.cfg.ppo.monitor
+    if mcfg.every == 0:
+        return None
+    judges = ctx.data.gold_judges()
+    monitor = PPOMonitor(
+        mcfg,
+        cfg.ppo.sampling,
+        roles,
+        reward,
+        judges,
+        tokenizer,
+        ctx.data.eval_prompts(mcfg.num_prompts),
+        cfg.model.max_prompt_tokens,
+        colocate=cfg.rollout.colocate,
+    )
+    names = ", ".join(j.name for j in judges) or "none (token frequencies only)"
+    ctx.log.info(
+        f"[ppo] reward-hacking monitor: {len(monitor.prompts)} held-out prompts every "
+        f"{mcfg.every} iterations; gold judges: {names}"
+    )
+    # Step 0 is the SFT policy before any update: the baseline of every later observation.
+    ctx.log.log("ppo", 0, observe(ctx, monitor, 0), cfg.ppo.iterations)
+    return monitor
+
+
+def observe(ctx: JobContext, monitor: PPOMonitor, iteration: int) -> dict[str, float]:
+    clock = Stopwatch()
+    result = monitor.observe(iteration)
+    for warning in result.warnings:
+        key = str(warning.detail.get("word") or warning.detail.get("judge") or "")
+        ctx.log.warn("ppo", iteration, warning.kind, warning.message, key=key)
+    return result.metrics | {"time_monitor": clock.lap()}

@@ -7,33 +7,36 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import torch
+
+from instructray.actors.group import ActorGroup
 from instructray.config import SamplingConfig
 from instructray.data import RankedComparison, SimulatedLabeler, agreement, write_preferences
-from instructray.orchestrator.batching import (
-    prompt_ids,
-    ranking_batch,
-)
+from instructray.orchestrator.batching import lm_batch, prompt_ids, ranking_batch, split_for_ranks
 from instructray.orchestrator.context import JobContext, split_eval
-from instructray.orchestrator.roles import engine_spec, start_rollout, start_value_model
+from instructray.orchestrator.roles import engine_spec, role_size, start_rollout, start_value_model
 from instructray.orchestrator.stages.common import run_sharded, save, train_epochs
 
 LABEL_CHUNK = 128
 """Prompts per generate call while collecting samples for the labeler."""
 
 
-def _decode_responses(tokenizer, rollout) -> list[str]:
-    texts = []
+def sampled_responses(tokenizer, rollout) -> tuple[list[str], list[tuple[int, ...]]]:
+    """Each response's text (special tokens skipped) and the exact tokens sampled (EOS only
+    where the sampler emitted it)."""
+    texts, ids = [], []
     for row, mask in zip(rollout["sequences"], rollout["action_mask"], strict=True):
         response = row[-mask.shape[0] :][mask.bool()]
         texts.append(tokenizer.decode(response, skip_special_tokens=True))
-    return texts
+        ids.append(tuple(response.tolist()))
+    return texts, ids
 
 
 def label_sft_samples(ctx: JobContext) -> list[RankedComparison]:
     """K ∈ [k_min, k_max] samples of the SFT model per prompt, ranked by the labeler."""
     cfg, lcfg = ctx.cfg, ctx.cfg.rm.labeler
     assert ctx.data.task is not None
-    prompts = ctx.data.prompts[: lcfg.num_prompts]
+    prompts = ctx.data.train_prompts[: lcfg.num_prompts]
     sft = ctx.sft_model()
     tokenizer = ctx.tokenizer(sft)
     ctx.log.info(
@@ -42,6 +45,7 @@ def label_sft_samples(ctx: JobContext) -> list[RankedComparison]:
     sampling = SamplingConfig(temperature=lcfg.temperature, max_new_tokens=lcfg.max_new_tokens)
     ids = prompt_ids(tokenizer, prompts, cfg.model.max_prompt_tokens)
     answers: list[str] = []
+    answer_ids: list[tuple[int, ...]] = []
     rollout = start_rollout(cfg, str(sft))
     try:
         for start in range(0, len(ids), LABEL_CHUNK):
@@ -49,17 +53,20 @@ def label_sft_samples(ctx: JobContext) -> list[RankedComparison]:
             out = rollout.call_rank0(
                 lambda a, c=chunk, s=start: a.generate.remote(c, sampling, lcfg.k_max, cfg.seed + s)
             )
-            answers += _decode_responses(tokenizer, out)
+            texts, sampled = sampled_responses(tokenizer, out)
+            answers += texts
+            answer_ids += sampled
             ctx.log.info(f"[rm] sampled {min(start + LABEL_CHUNK, len(ids))}/{len(ids)} prompts")
     finally:
         rollout.shutdown()
     rng = random.Random(cfg.seed)
-    answer_lists = []
+    answer_lists, sampled = [], []
     for i in range(len(prompts)):
         k = rng.randint(lcfg.k_min, lcfg.k_max)
         answer_lists.append(answers[i * lcfg.k_max : i * lcfg.k_max + k])
+        sampled.append((ids[i], answer_ids[i * lcfg.k_max : i * lcfg.k_max + k]))
     labeler = SimulatedLabeler(ctx.data.task.labeler_judge(), noise=lcfg.noise, seed=cfg.seed)
-    comparisons = labeler.rank_many([p.prompt for p in prompts], answer_lists)
+    comparisons = labeler.rank_many([p.prompt for p in prompts], answer_lists, sampled)
     path = ctx.run_dir / "data" / "comparisons.jsonl"
     write_preferences(path, comparisons)
     ctx.log.info(
@@ -68,6 +75,28 @@ def label_sft_samples(ctx: JobContext) -> list[RankedComparison]:
         f"noiseless judge {agreement(labeler, comparisons):.3f}) -> {path}"
     )
     return comparisons
+
+
+def normalize_on_demonstrations(ctx: JobContext, group: ActorGroup, tokenizer) -> float:
+    """InstructGPT's last RM step: an offset so that SFT demonstrations score 0 on average
+    (stored as ``reward_offset`` in the checkpoint's config; scores are logit − offset)."""
+    demos = ctx.data.sft_examples[: ctx.cfg.rm.normalize_samples]
+    if not demos:
+        return 0.0
+    cfg = ctx.cfg
+
+    def encode(part: list) -> dict:
+        return lm_batch(tokenizer, part, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
+
+    shards = [encode(part) for part in split_for_ranks(demos, group.world_size)]
+    scores = torch.cat(group.map(lambda a: a.scores, shards))
+    offset = float(scores.mean())
+    group.call(lambda a, _r: a.set_reward_offset.remote(offset))
+    ctx.log.info(
+        f"[rm] normalised: {len(scores)} SFT demonstrations scored {offset:+.4f} on average; "
+        "reward_offset set so they average 0"
+    )
+    return offset
 
 
 def comparisons_for(ctx: JobContext) -> list[RankedComparison]:
@@ -81,10 +110,12 @@ def run(ctx: JobContext) -> Path:
     comparisons = comparisons_for(ctx)
     if scfg.max_comparisons:
         comparisons = comparisons[: scfg.max_comparisons]
-    train, held_out = split_eval(comparisons, cfg.data.eval_fraction, cfg.seed)
+    train, held_out = split_eval(
+        comparisons, cfg.data.eval_fraction, cfg.seed, key=lambda c: c.prompt
+    )
     init = ctx.sft_model()
     tokenizer = ctx.tokenizer(init)
-    world = cfg.resources.reward.actors
+    world = role_size(cfg, "reward")
     spec = engine_spec(cfg, scfg.batch_size, scfg.micro_batch_size, world, scfg.optim, "rm")
     n_pairs = sum(len(c.ranked) * (len(c.ranked) - 1) // 2 for c in train)
     ctx.log.info(
@@ -101,6 +132,7 @@ def run(ctx: JobContext) -> Path:
             ctx, "rm", group, train, scfg.batch_size, scfg.epochs, encode, lambda a: a.train_rm
         )
         after = run_sharded(group, lambda a: a.eval_rm, encode, held_out)
+        offset = normalize_on_demonstrations(ctx, group, tokenizer)
         checkpoint = save(ctx, group, "rm")
     finally:
         group.shutdown()
@@ -113,6 +145,7 @@ def run(ctx: JobContext) -> Path:
             "heldout_loss": after["loss"],
             "train_rankings": float(len(train)),
             "heldout_rankings": float(len(held_out)),
+            "reward_offset": offset,
         },
     )
     return checkpoint

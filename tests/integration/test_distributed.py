@@ -73,6 +73,11 @@ def test_ppo_with_two_policy_ranks_under_zero3(tiny_run: Path, tmp_path: Path) -
         )
     )
     rows = read_metrics(tmp_path, "ppo")
+    # The reward-hacking monitor's sharded passes are collectives too: it observes the SFT
+    # policy (step 0, KL exactly 0 from both ranks' shards) and the last iteration.
+    monitor = {r["step"]: r for r in rows if "monitor_proxy" in r}
+    assert sorted(monitor) == [0, 3] and monitor[0]["monitor_kl"] == pytest.approx(0, abs=1e-4)
+    rows = [r for r in rows if r["step"] > 0]
     assert len(rows) == 3
     # The first rollouts come from the SFT weights on both sides: KL to the reference is 0,
     # which also shows the sharded log-prob pass agrees with the single-rank reference.

@@ -10,15 +10,14 @@ from statistics import fmean
 import pytest
 import torch
 
-from instructray.config import JobConfig, SamplingConfig, load_config
+from instructray.config import JobConfig, SamplingConfig
 from instructray.models import load_causal_lm, load_tokenizer
-from instructray.orchestrator.pipeline import run_job
 from instructray.orchestrator.roles import start_rollout
 from instructray.rollout.weights import write_file
 from instructray.run_log import read_metrics
 from instructray.training.forward import action_logprobs
+from tests.integration.tiny_ppo import run_tiny_ppo
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
@@ -66,6 +65,8 @@ def test_weight_sync_is_exact(tiny_run: Path, ray_cluster, tmp_path: Path) -> No
         after = engine.call_rank0(lambda a: a.generate.remote(prompts, greedy, 1, 0))
         bucket_info = engine.call_rank0(lambda a: a.load_weights.remote(sft_policy.state_dict()))
         back = engine.call_rank0(lambda a: a.generate.remote(prompts, greedy, 1, 0))
+        warm = SamplingConfig(temperature=0.7, max_new_tokens=12)
+        sampled = engine.call_rank0(lambda a: a.generate.remote(prompts, warm, 2, 0))
     finally:
         engine.shutdown()
         path.unlink(missing_ok=True)
@@ -77,26 +78,30 @@ def test_weight_sync_is_exact(tiny_run: Path, ray_cluster, tmp_path: Path) -> No
     # SFT weights brought the SFT outputs back token for token.
     assert not torch.equal(before["sequences"], after["sequences"])
     assert torch.equal(before["sequences"], back["sequences"])
+    # Sampling at T=0.7, the engine reports the log-probs of the tempered distribution it
+    # drew from, which is what the trainer computes for π_old (not the T=1 log-probs).
+    width, mask = sampled["action_mask"].shape[1], sampled["action_mask"]
+    with torch.no_grad():
+        tempered, _ = action_logprobs(
+            sft_policy, sampled["sequences"], sampled["attention_mask"], width, 0.7
+        )
+        plain, _ = action_logprobs(
+            sft_policy, sampled["sequences"], sampled["attention_mask"], width
+        )
+    assert (tempered - sampled["rollout_logprobs"]).abs()[mask].max() < 1e-4
+    assert (plain - sampled["rollout_logprobs"]).abs()[mask].max() > 0.05
 
 
 def _ppo(tiny_run: Path, run_dir: Path, *overrides: str) -> list[dict]:
-    ckpt = tiny_run / "checkpoints"
-    run_job(
-        load_config(
-            REPO / "configs" / "tiny.yaml",
-            [
-                f"output.run_dir={run_dir}",
-                "output.tensorboard=false",
-                "stages=[ppo]",
-                f"model.sft_checkpoint={ckpt / 'sft'}",
-                f"model.reward_checkpoint={ckpt / 'rm'}",
-                "ppo.iterations=12",
-                "ppo.ptx_coef=0.0",
-                *overrides,
-            ],
-        )
+    run_tiny_ppo(
+        tiny_run,
+        run_dir,
+        f"model.reward_checkpoint={tiny_run / 'checkpoints' / 'rm'}",
+        "ppo.iterations=12",
+        "ppo.monitor.every=0",
+        *overrides,
     )
-    return read_metrics(run_dir, "ppo")
+    return [r for r in read_metrics(run_dir, "ppo") if r["step"] > 0]  # step 0: the monitor
 
 
 def _rises(rows: list[dict]) -> None:
@@ -120,9 +125,11 @@ def test_async_ppo_overlaps_generation_and_still_raises_reward(
 
 
 def test_colocated_ppo_raises_reward(tiny_run: Path, ray_cluster, tmp_path: Path) -> None:
-    rows = _ppo(tiny_run, tmp_path, "rollout.colocate=true")
+    # The monitor samples between iterations too (the engine sleeps while it scores).
+    rows = _ppo(tiny_run, tmp_path, "rollout.colocate=true", "ppo.monitor.every=6")
     _rises(rows)
     assert all(r["engine_logprob_abs_diff"] < 1e-4 for r in rows)  # synced every step
+    assert [r["step"] for r in rows if "monitor_proxy" in r] == [6, 12]
 
 
 def test_engine_old_logprobs_over_object_store_sync_raise_reward(

@@ -8,7 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from instructray.data import PromptExample, RankedComparison, SFTExample, TextExample
+from instructray.data import (
+    PreferencePair,
+    PromptExample,
+    RankedComparison,
+    SFTExample,
+    TextExample,
+)
 from instructray.models import train_tokenizer
 from instructray.orchestrator import batching
 from instructray.orchestrator.batching import (
@@ -198,8 +204,8 @@ def test_ranking_batch_flattens_rankings(tok):
 
 def test_pair_batch_keys_and_masks(tok):
     pairs = [
-        ("the movie was", " great and funny.", " dull."),
-        ("the plot", " is slow.", " felt long and sad and odd."),
+        PreferencePair("the movie was", " great and funny.", " dull."),
+        PreferencePair("the plot", " is slow.", " felt long and sad and odd."),
     ]
     batch = pair_batch(tok, pairs, max_prompt=32, max_len=64)
     assert set(batch) == {
@@ -211,8 +217,8 @@ def test_pair_batch_keys_and_masks(tok):
         "rejected_loss_mask",
     }
     eos, pad = tok.eos_token_id, tok.pad_token_id
-    for side, index in (("chosen", 1), ("rejected", 2)):
-        rows = [(ids(tok, t[0]), [*ids(tok, t[index]), eos]) for t in pairs]
+    for side in ("chosen", "rejected"):
+        rows = [(ids(tok, t.prompt), [*ids(tok, getattr(t, side)), eos]) for t in pairs]
         width = max(len(p) + len(r) for p, r in rows)
         assert batch[f"{side}_ids"].shape == (2, width)
         for i, (p, r) in enumerate(rows):
@@ -231,7 +237,7 @@ def test_comparison_pairs_better_first():
     ]
     pairs = comparison_pairs(comps)
     assert len(pairs) == 4 * 3 // 2 + 1
-    assert pairs == [
+    assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [
         ("p1", "a", "b"),
         ("p1", "a", "c"),
         ("p1", "a", "d"),
@@ -248,7 +254,7 @@ def test_comparison_pairs_count(k):
     pairs = comparison_pairs([comp])
     assert len(pairs) == k * (k - 1) // 2
     rank = {a: i for i, a in enumerate(comp.ranked)}
-    assert all(rank[better] < rank[worse] for _, better, worse in pairs)
+    assert all(rank[p.chosen] < rank[p.rejected] for p in pairs)
     assert len(set(pairs)) == len(pairs)
 
 

@@ -112,3 +112,15 @@ def test_agreement_counts_ties_as_half() -> None:
 def test_negative_noise_rejected() -> None:
     with pytest.raises(ValueError, match="noise"):
         SimulatedLabeler(TableJudge(TABLE), noise=-0.1, seed=0)
+
+
+def test_rank_many_keeps_each_answers_sampled_tokens() -> None:
+    """The sampler's tokens travel with each answer through the ranking (a repeated text keeps
+    its first sample's ids), so the RM trains on exactly what was sampled."""
+    labeler = SimulatedLabeler(TableJudge(TABLE), noise=0.0, seed=0)
+    sampled = [((7, 8), [(1, 2), (3,), (4, 5, 99), (6,)]), ((9,), [(10,), (11, 99)])]
+    comps = labeler.rank_many(["p", "q"], [["a", "b", "c", "b"], ["c", "d"]], sampled)
+    assert comps[0] == RankedComparison("p", ("b", "a", "c"), (7, 8), ((3,), (1, 2), (4, 5, 99)))
+    assert comps[1] == RankedComparison("q", ("d", "c"), (9,), ((11, 99), (10,)))
+    with pytest.raises(ValueError, match="2 prompts but 1 sampled-token entries"):
+        labeler.rank_many(["p", "q"], [["a", "b"], ["c", "d"]], sampled[:1])

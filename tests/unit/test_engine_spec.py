@@ -66,3 +66,25 @@ def test_per_rank_not_multiple_of_micro():
     with pytest.raises(ValueError) as info:
         engine_spec(JobConfig(), 24, 8, 2, OptimConfig(), "dpo")
     assert str(info.value) == "dpo: per-rank batch 12 is not a multiple of the micro batch 8"
+
+
+@pytest.mark.parametrize("role", ["policy", "critic", "reference", "reward"])
+def test_one_place_decides_how_many_actors_a_role_runs(role):
+    """Placement starts as many actors as the stages' batch arithmetic assumes (the RM stage
+    used to compute accumulation for resources.reward.actors ranks and start one)."""
+    from instructray.orchestrator.roles import placement, role_size
+
+    cfg = JobConfig.model_validate({"resources": {"device": "cpu", role: {"actors": 2}}})
+    assert role_size(cfg, role) == 2
+    assert placement(cfg, role).actors == 2
+    spec = engine_spec(cfg, 16, 8, role_size(cfg, role), OptimConfig(), role)
+    assert spec.micro_batch_size * spec.grad_accum_steps * placement(cfg, role).actors == 16
+
+
+def test_rollout_engines_come_from_num_engines():
+    from instructray.orchestrator.roles import placement, role_size
+
+    cfg = JobConfig.model_validate(
+        {"resources": {"device": "cpu", "rollout": {"actors": 5}}, "rollout": {"num_engines": 3}}
+    )
+    assert role_size(cfg, "rollout") == placement(cfg, "rollout").actors == 3

@@ -316,3 +316,65 @@ def test_action_logprobs_keep_only_response_logits(perturbed_causal: Path) -> No
     assert action_logits.shape == (3, 6, full.shape[-1])
     torch.testing.assert_close(action_logits, full[:, -7:-1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logps, response_logprobs(full, sequences, 6), atol=1e-5, rtol=0)
+
+
+def test_action_logprobs_are_those_of_the_tempered_distribution(perturbed_causal: Path) -> None:
+    """π_old, π_θ and the reference must describe the distribution the engine sampled from:
+    at T=0.5 the log-probs are log_softmax(logits / 0.5), not the T=1 ones."""
+    from instructray.training.forward import action_logprobs, lm_logits
+
+    model = load_causal_lm(perturbed_causal, torch.float32).eval()
+    sequences = torch.randint(3, 2000, (2, 10), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(sequences)
+    with torch.no_grad():
+        logps, action_logits = action_logprobs(model, sequences, mask, 4, temperature=0.5)
+        plain, _ = action_logprobs(model, sequences, mask, 4)
+        full = lm_logits(model, sequences, mask)[:, -5:-1] / 0.5
+    expected = torch.log_softmax(full, -1).gather(-1, sequences[:, -4:, None]).squeeze(-1)
+    torch.testing.assert_close(logps, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(action_logits, full, atol=1e-5, rtol=0)
+    assert (logps - plain).abs().max() > 0.1
+
+
+def test_disable_dropout_makes_training_mode_deterministic(tiny_dir: Path) -> None:
+    from instructray.models import disable_dropout
+    from instructray.training.forward import action_logprobs
+
+    model = load_causal_lm(tiny_dir, torch.float32)
+    model.config.attention_dropout = 0.5
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    model.train()
+    sequences = torch.randint(3, 2000, (2, 12), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(sequences)
+    with torch.no_grad():
+        noisy = [action_logprobs(model, sequences, mask, 5)[0] for _ in range(2)]
+        assert not torch.equal(noisy[0], noisy[1])  # dropout really was on
+        disable_dropout(model)
+        quiet = [action_logprobs(model, sequences, mask, 5)[0] for _ in range(2)]
+    assert model.training and model.config.attention_dropout == 0.0
+    assert torch.equal(quiet[0], quiet[1])
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(action_logprobs(model, sequences, mask, 5)[0], quiet[0])
+
+
+def test_sequence_scores_subtract_the_reward_offset(tiny_dir: Path, tmp_path: Path) -> None:
+    """The RM normalisation (demonstrations average 0) lives in the config as reward_offset
+    and survives a save/reload; plain transformers gives the raw logit."""
+    tok = load_tokenizer(tiny_dir)
+    model = load_value_model(tiny_dir, torch.float32).eval()
+    ids, mask = _batch(tok, TEXTS, "right")
+    with torch.no_grad():
+        raw = sequence_scores(model, ids, mask)
+        model.config.reward_offset = float(raw.mean())
+        shifted = sequence_scores(model, ids, mask)
+    torch.testing.assert_close(shifted, raw - raw.mean(), atol=1e-6, rtol=0)
+    assert abs(shifted.mean().item()) < 1e-6
+    out = save_hf_checkpoint(model, tok, tmp_path / "rm")
+    reloaded = load_value_model(out, torch.float32).eval()
+    plain = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        _assert_same_outputs(sequence_scores(reloaded, ids, mask), shifted)
+        logits = plain(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+    _assert_same_outputs(logits - plain.config.reward_offset, shifted)

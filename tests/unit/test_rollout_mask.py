@@ -34,6 +34,14 @@ def test_pads_are_excluded_even_without_eos():
     assert _mask([[5, 6, PAD, PAD]], EOS, PAD) == [[1, 1, 0, 0]]
 
 
+def test_pad_sampled_mid_response_is_an_action():
+    # The mask must be a prefix: a sampled pad id followed by more tokens is not padding.
+    rows = [[5, PAD, 7, EOS, PAD], [PAD, PAD, 6, 7, 8], [5, PAD, 7, PAD, PAD]]
+    assert _mask(rows, EOS, PAD) == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    for row in response_mask(torch.tensor(rows), EOS, PAD).long():
+        assert torch.equal(row, torch.sort(row, descending=True).values)
+
+
 def test_pad_equals_eos_keeps_first_eos():
     # SmolLM2: pad == eos, so the stop token and the padding look alike.
     eos = 2

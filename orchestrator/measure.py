@@ -1,0 +1,110 @@
+"""Scoring sampled responses for PPO and for evaluation: the reward (a reward model on its
+actors, or a user function on the decoded text), KL to the reference, and the gold judges.
+
+The PPO loop, the reward-hacking monitor and the eval stage all score samples here, so the
+proxy reward that PPO optimises is computed the same way as the one the evaluation reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from instructray.actors.group import ActorGroup, wait
+from instructray.algorithms import kl_penalty, masked_sum
+from instructray.evaluation import EvalJudge, SampleSet, load_judge
+from instructray.training.forward import split_batch
+
+Batch = dict[str, torch.Tensor]
+PROXY = "rm"
+"""Name of the proxy reward among a SampleSet's scores (a reward model or a function)."""
+
+
+def forward_on(
+    group: ActorGroup, method: Callable[[Any], Any], batch: Batch, *common: Any
+) -> list[Any]:
+    """Start ``method(actor)(shard, *common)`` on every rank (collective under ZeRO-3);
+    returns refs."""
+    return group.map_async(method, split_batch(batch, group.world_size), *common)
+
+
+def decode_rollout(tokenizer: Any, rollout: Batch) -> tuple[list[str], list[str]]:
+    """(prompt, response) texts of each `[left-padded prompt | response]` row, special
+    tokens skipped."""
+    width = rollout["action_mask"].shape[1]
+    prompts, responses = [], []
+    for row, attn, actions in zip(
+        rollout["sequences"], rollout["attention_mask"], rollout["action_mask"], strict=True
+    ):
+        prompt = row[:-width][attn[:-width].bool()]
+        prompts.append(tokenizer.decode(prompt, skip_special_tokens=True))
+        responses.append(tokenizer.decode(row[-width:][actions.bool()], skip_special_tokens=True))
+    return prompts, responses
+
+
+def ended_with_eos(rollout: Batch, eos_id: int) -> torch.Tensor:
+    """[B] bool: the response's last action is EOS (it stopped rather than being cut off)."""
+    mask = rollout["action_mask"].bool()
+    responses = rollout["sequences"][:, -mask.shape[1] :]
+    last = (mask.sum(-1) - 1).clamp(min=0)
+    return (responses.gather(1, last[:, None]).squeeze(1) == eos_id) & mask.any(-1)
+
+
+@dataclass
+class RewardSource:
+    """r(x, y): the reward model's actors, or a user function of (prompts, responses)."""
+
+    model: ActorGroup | None
+    function: EvalJudge | None
+    tokenizer: Any
+
+    @classmethod
+    def of(cls, model: ActorGroup | None, function: str | None, tokenizer: Any) -> RewardSource:
+        if (model is None) == (function is None):
+            raise ValueError("a reward comes from exactly one of a reward model or a function")
+        return cls(model, None if function is None else load_judge(function), tokenizer)
+
+    def start(self, rollout: Batch) -> list[Any]:
+        """Start scoring on the reward model's actors (nothing to start for a function)."""
+        return [] if self.model is None else forward_on(self.model, lambda a: a.scores, rollout)
+
+    def result(self, started: list[Any], rollout: Batch) -> torch.Tensor:
+        if self.function is None:
+            return torch.cat(wait(started))
+        prompts, responses = decode_rollout(self.tokenizer, rollout)
+        return torch.as_tensor(self.function.score(prompts, responses), dtype=torch.float32)
+
+
+@dataclass
+class SampleScorer:
+    """Everything that judges a batch of samples: policy and reference log-probs (KL), the
+    proxy reward and the gold judges (on decoded text, in the driver)."""
+
+    policy: ActorGroup
+    reference: ActorGroup
+    reward: RewardSource | None
+    judges: Sequence[EvalJudge]
+    tokenizer: Any
+
+    def score(self, rollout: Batch, prompts: Sequence[str], temperature: float) -> SampleSet:
+        """One SampleSet for rollouts answering ``prompts`` (one sample each, same order)."""
+        policy_refs = forward_on(self.policy, lambda a: a.action_logprobs, rollout, temperature)
+        ref_refs = forward_on(self.reference, lambda a: a.action_logprobs, rollout, temperature)
+        reward_refs = self.reward.start(rollout) if self.reward is not None else []
+        _, responses = decode_rollout(self.tokenizer, rollout)
+        scores = {j.name: np.asarray(j.score(list(prompts), responses)) for j in self.judges}
+        mask = rollout["action_mask"]
+        kl = kl_penalty(torch.cat(wait(policy_refs)), torch.cat(wait(ref_refs)), "k1")
+        if self.reward is not None:
+            scores[PROXY] = self.reward.result(reward_refs, rollout).numpy()
+        return SampleSet(
+            prompts=list(prompts),
+            responses=responses,
+            lengths=mask.sum(-1).numpy(),
+            ended=ended_with_eos(rollout, self.tokenizer.eos_token_id).numpy(),
+            scores=scores,
+            kl=masked_sum(kl, mask, dim=-1).numpy(),
+        )
