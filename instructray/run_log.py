@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +42,12 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return " ".join(parts)
 
 
+def _log_width() -> int | None:
+    """A terminal's own width; 160 columns in a job log, where rich would assume 80 and wrap
+    every metrics line and the eval table."""
+    return None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+
+
 class RunLogger:
     """Appends one JSON object per step to metrics.jsonl and keeps per-stage summaries."""
 
@@ -56,7 +64,7 @@ class RunLogger:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = run_dir / "metrics.jsonl"
         self.summary_path = run_dir / "summary.json"
-        self.console = console or Console(highlight=False)
+        self.console = console or Console(highlight=False, width=_log_width())
         self.summaries: dict[str, StageSummary] = {}
         self.warnings: list[dict[str, Any]] = []
         self.previous_status: str | None = None

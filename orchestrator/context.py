@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from instructray.config import JobConfig, Stage
 from instructray.data import (
+    Judge,
     PromptExample,
     RankedComparison,
     RottenTomatoesTask,
@@ -23,7 +24,7 @@ from instructray.data import (
     read_texts,
 )
 from instructray.evaluation import EvalJudge, TextJudge, load_judge
-from instructray.models import load_tokenizer
+from instructray.models import default_cache_dir, load_tokenizer, resolve_base_model
 from instructray.run_log import RunLogger
 
 T = TypeVar("T")
@@ -125,13 +126,27 @@ class JobData:
         the eval stage measures the alignment tax on the second."""
         return split_eval(self.pretrain_texts, self.cfg.data.eval_fraction, self.cfg.seed, 256)
 
+    @cached_property
+    def labeler_judge(self) -> Judge:
+        """The built-in task's simulated labeler (rm.labeler.judge), fitted once per job."""
+        assert self.task is not None, "only the built-in task has a simulated labeler"
+        lcfg = self.cfg.rm.labeler
+        if lcfg.judge == "bag_of_words":
+            return self.task.labeler_judge()
+        cache = self.cfg.output.cache_dir or default_cache_dir()
+        fluency_model = resolve_base_model(lcfg.fluency_model, Path(cache))
+        return self.task.meaning_judge(fluency_model)
+
     def gold_judges(self) -> list[EvalJudge]:
         """Judges of alignment that no training stage used: the task's (the labeler's
         noiseless preference, a judge fitted on a disjoint slice, VADER) and eval.judges."""
         judges: list[EvalJudge] = []
         if self.task is not None:
+            kind = self.cfg.rm.labeler.judge.replace("_", "-")
             judges += [
-                TextJudge("labeler", self.task.labeler_judge(), "the simulated labeler, noiseless"),
+                TextJudge(
+                    "labeler", self.labeler_judge, f"the simulated labeler ({kind}), noiseless"
+                ),
                 TextJudge(
                     "judge_heldout", self.task.eval_judge(), "bag-of-words LR, disjoint slice"
                 ),

@@ -39,6 +39,15 @@ class LabelerConfig(Section):
     noise: Annotated[float, Field(ge=0)] = 0.3
     temperature: PositiveFloat = 1.0
     max_new_tokens: PositiveInt = 24
+    judge: Literal["bag_of_words", "meaning"] = Field(
+        "bag_of_words",
+        description="The labeler's taste: bag_of_words (a logistic regression on word counts: "
+        "fast, but one frequent word can game it) or meaning (sentence-embedding sentiment, "
+        "fluency under fluency_model, no repetition: what a reader would prefer).",
+    )
+    fluency_model: str = Field(
+        "smollm2", description="meaning judge: the LM whose log-likelihood measures fluency."
+    )
 
     @model_validator(mode="after")
     def _k_range(self) -> LabelerConfig:

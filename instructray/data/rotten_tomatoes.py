@@ -19,6 +19,7 @@ from typing import Literal, TypeVar, cast
 import numpy as np
 
 from instructray.data.judges import SentimentJudge
+from instructray.data.meaning_judge import MeaningJudge
 from instructray.data.records import PromptExample, SFTExample, TextExample
 
 T = TypeVar("T")
@@ -178,6 +179,12 @@ class RottenTomatoesTask:
             reviews = self.judge_labeler
             self._labeler_judge = SentimentJudge().fit([r.text for r in reviews], _labels(reviews))
         return self._labeler_judge
+
+    def meaning_judge(self, fluency_model: str | Path) -> MeaningJudge:
+        """The labeler that reads meaning (sentence-embedding sentiment, fluency under
+        ``fluency_model``, no repetition), fitted on ``judge_labeler``."""
+        reviews = self.judge_labeler
+        return MeaningJudge.fit([r.text for r in reviews], _labels(reviews), fluency_model)
 
     def eval_judge(self) -> SentimentJudge:
         """A held-out judge fitted on ``judge_eval``, disjoint from the labeler's data."""

@@ -8,6 +8,7 @@ eval.json entry and verdict (summary), a reward-hacking monitor for PPO (monitor
 from a function or an HTTP service (judges), and the static HTML report (report).
 """
 
+from instructray.evaluation.attacks import ATTACKS, attack_win_rates
 from instructray.evaluation.judges import (
     EvalJudge,
     FunctionJudge,
@@ -31,12 +32,14 @@ from instructray.evaluation.summary import check_same_prompts, summarize, verdic
 from instructray.evaluation.text_stats import (
     distinct_n,
     per_thousand,
+    repeated_ngram_fraction,
     repetition,
     top_gained_words,
     words,
 )
 
 __all__ = [
+    "ATTACKS",
     "EvalJudge",
     "FunctionJudge",
     "HTTPJudge",
@@ -47,6 +50,7 @@ __all__ = [
     "RewardHackingMonitor",
     "SampleSet",
     "TextJudge",
+    "attack_win_rates",
     "bootstrap_mean_ci",
     "check_same_prompts",
     "check_scores",
@@ -54,6 +58,7 @@ __all__ = [
     "load_judge",
     "paired_mean_diff",
     "per_thousand",
+    "repeated_ngram_fraction",
     "repetition",
     "summarize",
     "top_gained_words",

@@ -55,6 +55,13 @@ def repetition(texts: Sequence[str]) -> float:
     return sum(fractions) / len(fractions) if fractions else 0.0
 
 
+def repeated_ngram_fraction(text: str, n: int = 3) -> float:
+    """Share of a text's word n-grams that repeat an earlier one of the same text (0 when it
+    has none): "it is great. it is great." has 4 trigrams, 3 distinct: 0.25."""
+    grams = list(_ngrams(words(text), n))
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
 def _counts(texts: Sequence[str]) -> Counter[str]:
     counts: Counter[str] = Counter()
     for text in texts:

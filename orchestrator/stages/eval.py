@@ -101,8 +101,7 @@ def run(ctx: JobContext) -> Path:
     result = evaluation_result(ctx, checkpoints, samples, lm_loss, judges, reward is not None)
     path = write_result(ctx.run_dir, result)
     report = write_report(ctx.run_dir, result, read_metrics(ctx.run_dir))
-    # Wide enough for every column even in a job log (no terminal: rich assumes 80).
-    ctx.log.console.print(result_table(result), width=max(ctx.log.console.width, 150))
+    ctx.log.console.print(result_table(result))
     for message in (v["message"] for v in result["verdicts"].values()):
         ctx.log.info(f"[eval] {message}")
     ctx.log.info(f"[eval] {path}; report {report}")

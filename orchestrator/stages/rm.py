@@ -65,7 +65,7 @@ def label_sft_samples(ctx: JobContext) -> list[RankedComparison]:
         k = rng.randint(lcfg.k_min, lcfg.k_max)
         answer_lists.append(answers[i * lcfg.k_max : i * lcfg.k_max + k])
         sampled.append((ids[i], answer_ids[i * lcfg.k_max : i * lcfg.k_max + k]))
-    labeler = SimulatedLabeler(ctx.data.task.labeler_judge(), noise=lcfg.noise, seed=cfg.seed)
+    labeler = SimulatedLabeler(ctx.data.labeler_judge, noise=lcfg.noise, seed=cfg.seed)
     comparisons = labeler.rank_many([p.prompt for p in prompts], answer_lists, sampled)
     path = ctx.run_dir / "data" / "comparisons.jsonl"
     write_preferences(path, comparisons)

@@ -378,3 +378,31 @@ def test_sequence_scores_subtract_the_reward_offset(tiny_dir: Path, tmp_path: Pa
         _assert_same_outputs(sequence_scores(reloaded, ids, mask), shifted)
         logits = plain(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
     _assert_same_outputs(logits - plain.config.reward_offset, shifted)
+
+
+def test_held_out_losses_are_computed_in_chunks_and_agree(tiny_dir: Path) -> None:
+    """eval_lm and pair_logps work a few rows at a time (a whole held-out set's logits are
+    gigabytes on SmolLM2) and give what one pass over everything gives."""
+    from instructray.actors.policy import EVAL_CHUNK, CausalLMActor
+    from instructray.algorithms import sft_loss
+    from instructray.training.forward import lm_logits
+
+    actor = CausalLMActor(rank=0, world_size=1, seed=0)
+    actor.load(str(tiny_dir), "float32", spec=None)
+    tok = actor.tokenizer
+    texts = [f"{t} {i}" for i, t in enumerate(TEXTS * 15)]  # 45 rows: 3 chunks, the last short
+    assert len(texts) > 2 * EVAL_CHUNK
+    ids, mask = _batch(tok, texts, "right")
+    loss_mask = mask.clone()
+    loss_mask[::2, :3] = 0  # rows with different numbers of target tokens
+    batch = {"input_ids": ids, "attention_mask": mask, "loss_mask": loss_mask}
+    with torch.no_grad():
+        whole = sft_loss(lm_logits(actor.model, ids, mask), ids, loss_mask).item()
+    assert actor.eval_lm(batch)["loss"] == pytest.approx(whole, rel=1e-5)
+    pair = {f"{side}_{key}": value for side in ("chosen", "rejected")
+            for key, value in (("ids", ids), ("mask", mask), ("loss_mask", loss_mask))}  # fmt: skip
+    chosen, rejected = actor.pair_logps(pair)
+    assert chosen.shape == (len(texts),) and torch.equal(chosen, rejected)
+    with torch.no_grad():
+        first = actor._sequence_logps(ids[:1], mask[:1], loss_mask[:1])
+    torch.testing.assert_close(chosen[:1], first, atol=1e-5, rtol=0)
