@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from instructray.models import disable_dropout
+from instructray.models import disable_dropout, train_top_layers
 from instructray.rollout.weights import write_file
 from instructray.training.engine import EngineSpec, build_engine, full_state_dict, init_distributed
 from instructray.training.forward import Batch, to_device
@@ -50,6 +50,8 @@ class RankActor:
         model.config.use_cache = False
         if not spec.dropout:
             disable_dropout(model)
+        if spec.trainable_layers is not None:
+            train_top_layers(model, spec.trainable_layers)
         self.spec = spec
         self.engine = build_engine(model, spec)
         self.model = self.engine.module

@@ -88,6 +88,7 @@ def engine_spec(
     optim: OptimConfig,
     what: str,
     dropout: bool = True,
+    trainable_layers: int | None = None,
 ) -> EngineSpec:
     """Per-rank micro batch and accumulation steps so one optimizer step sees ``batch_size``."""
     if batch_size % world_size:
@@ -110,6 +111,7 @@ def engine_spec(
         dtype=cfg.model.dtype,
         optim=optim,
         dropout=dropout,
+        trainable_layers=trainable_layers,
     )
 
 

@@ -66,6 +66,11 @@ class RMStageConfig(Section):
         description="SFT demonstrations scored after training to set the reward offset so "
         "that they average 0, as InstructGPT does before RL (0 = no normalisation).",
     )
+    trainable_layers: PositiveInt | None = Field(
+        None,
+        description="Train only the top N transformer blocks with the score head, the rest "
+        "frozen (None = all): backward stops at the lowest trained block.",
+    )
     labeler: LabelerConfig = LabelerConfig()
     optim: OptimConfig = OptimConfig(lr=5e-5)
 

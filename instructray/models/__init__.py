@@ -10,6 +10,7 @@ from instructray.models.loading import (
     save_hf_checkpoint,
     sequence_scores,
     token_values,
+    train_top_layers,
 )
 from instructray.models.registry import PRESETS, default_cache_dir, resolve_base_model
 from instructray.models.smollm2 import convert_smollm2
@@ -38,4 +39,5 @@ __all__ = [
     "sequence_scores",
     "token_values",
     "train_tokenizer",
+    "train_top_layers",
 ]

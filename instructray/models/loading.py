@@ -130,6 +130,26 @@ def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def train_top_layers(model: PreTrainedModel, layers: int) -> int:
+    """Freeze the embeddings and all but the top ``layers`` transformer blocks; the final norm
+    and the heads stay trainable. Returns the number of trainable parameters.
+
+    Backward then stops at the lowest trained block: for a reward model on CPU most of the
+    cost of a step goes away while the representation it reads stays the pre-trained one.
+    """
+    blocks = getattr(_backbone(model), "layers", None)
+    if blocks is None:
+        raise ValueError(
+            f"{type(model).__name__}: no `layers` list of transformer blocks to freeze below"
+        )
+    if not 0 < layers <= len(blocks):
+        raise ValueError(f"trainable layers must be in 1..{len(blocks)}, got {layers}")
+    frozen = [_backbone(model).get_input_embeddings(), *list(blocks)[: len(blocks) - layers]]
+    for module in frozen:
+        module.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def _gathered(param: torch.nn.Parameter) -> contextlib.AbstractContextManager[Any]:
     # Under a ZeRO-3 init context the parameter is a partitioned placeholder; it must be
     # gathered for the re-initialisation to touch the real values.

@@ -23,6 +23,8 @@ class EngineSpec:
     optim: OptimConfig
     dropout: bool = True
     """False for RL (PPO, DPO): every dropout probability is set to 0 before training."""
+    trainable_layers: int | None = None
+    """Train only the top N transformer blocks (and the heads); None trains everything."""
 
 
 def deepspeed_config(spec: EngineSpec) -> dict[str, Any]:

