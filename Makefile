@@ -9,7 +9,7 @@ ENGINE ?= cpu
 RUN_DIR ?= runs/demo
 STAMP := $(VENV)/.installed-$(ENGINE)
 
-.PHONY: setup browser demo test test-fast lint bench clean
+.PHONY: setup browser demo demo-tiny test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -24,8 +24,13 @@ $(STAMP): pyproject.toml requirements/no-deps.txt
 	if [ "$(ENGINE)" = "cpu" ]; then $(PIP) uninstall --yes --quiet torchvision torchaudio torchcodec || true; fi
 	touch $@
 
+# The alignment demo: SmolLM2-135M-Instruct through SFT → RM → PPO → eval (ends with the eval table).
 demo: setup
-	$(VENV)/bin/instructray run configs/tiny.yaml --out $(RUN_DIR)
+	$(VENV)/bin/instructray run configs/smollm2.yaml --out $(RUN_DIR)
+
+# The same job on the 1.1M-parameter tiny model: the mechanics in a few minutes.
+demo-tiny: setup
+	$(VENV)/bin/instructray run configs/tiny.yaml --out runs/demo-tiny
 
 # Debian's chromium drives the dashboard test (Playwright with executable_path, no download).
 browser:

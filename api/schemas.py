@@ -166,6 +166,7 @@ class CheckpointEval(BaseModel):
     score_diff: dict[str, Interval] = Field(default_factory=dict)
     kl_per_sequence: float | None = None
     kl_per_token: float | None = None
+    reference_logprob_per_token: float | None = None
     lm_loss: float | None = None
     length: float | None = None
     eos_fraction: float | None = None

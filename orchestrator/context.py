@@ -139,7 +139,7 @@ class JobData:
 
     def gold_judges(self) -> list[EvalJudge]:
         """Judges of alignment that no training stage used: the task's (the labeler's
-        noiseless preference, a judge fitted on a disjoint slice, VADER) and eval.judges."""
+        noiseless preference, a judge fitted on reviews of other movies, VADER) and eval.judges."""
         judges: list[EvalJudge] = []
         if self.task is not None:
             kind = self.cfg.rm.labeler.judge.replace("_", "-")
@@ -147,9 +147,7 @@ class JobData:
                 TextJudge(
                     "labeler", self.labeler_judge, f"the simulated labeler ({kind}), noiseless"
                 ),
-                TextJudge(
-                    "judge_heldout", self.task.eval_judge(), "bag-of-words LR, disjoint slice"
-                ),
+                TextJudge("judge_heldout", self.task.eval_judge(), "bag-of-words LR, other movies"),
                 TextJudge("vader", VaderJudge(), "VADER lexicon sentiment (another family)"),
             ]
         judges += [load_judge(spec) for spec in self.cfg.eval.judges]

@@ -50,6 +50,8 @@ class Experience:
     is_weights: torch.Tensor | None = None
     """[B, R] truncated importance weights min(π_old / π_engine, cap) applied to the policy
     loss when ``ppo.tis_cap`` is set."""
+    ended: torch.Tensor | None = None
+    """[B] bool: the response stopped on EOS rather than being cut off at max_new_tokens."""
 
     @property
     def num_actions(self) -> int:

@@ -97,7 +97,8 @@ class SampleScorer:
         _, responses = decode_rollout(self.tokenizer, rollout)
         scores = {j.name: np.asarray(j.score(list(prompts), responses)) for j in self.judges}
         mask = rollout["action_mask"]
-        kl = kl_penalty(torch.cat(wait(policy_refs)), torch.cat(wait(ref_refs)), "k1")
+        ref_logprobs = torch.cat(wait(ref_refs))
+        kl = kl_penalty(torch.cat(wait(policy_refs)), ref_logprobs, "k1")
         if self.reward is not None:
             scores[PROXY] = self.reward.result(reward_refs, rollout).numpy()
         return SampleSet(
@@ -107,4 +108,5 @@ class SampleScorer:
             ended=ended_with_eos(rollout, self.tokenizer.eos_token_id).numpy(),
             scores=scores,
             kl=masked_sum(kl, mask, dim=-1).numpy(),
+            ref_logprob=masked_sum(ref_logprobs, mask, dim=-1).numpy(),
         )

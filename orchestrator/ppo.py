@@ -24,6 +24,7 @@ from instructray.algorithms import (
     kl_penalty,
     masked_mean,
     masked_sum,
+    penalize_missing_eos,
     shape_rewards,
     truncated_is_weights,
     whiten,
@@ -32,7 +33,7 @@ from instructray.config import PPOStageConfig, RolloutConfig, SamplingConfig
 from instructray.data import PromptExample, TextExample
 from instructray.orchestrator.batching import cycle, lm_batch, prompt_ids
 from instructray.orchestrator.experience import Experience, merge_rollouts
-from instructray.orchestrator.measure import RewardSource, forward_on
+from instructray.orchestrator.measure import RewardSource, ended_with_eos, forward_on
 from instructray.orchestrator.stages.common import Stopwatch
 from instructray.orchestrator.weight_sync import choose_weight_sync
 
@@ -134,6 +135,8 @@ class PPOCoordinator:
             **sync_info,
             **timings,
         }
+        if exp.ended is not None:
+            metrics["eos_fraction"] = exp.ended.float().mean().item()
         if not self.cfg.async_queue:  # async: time_generate is only the wait, not generation
             metrics["tokens_per_s"] = mask.sum().item() / max(timings["time_generate"], 1e-9)
         if exp.rollout_logprobs is not None and self.cfg.old_logprobs == "recompute":
@@ -194,6 +197,9 @@ class PPOCoordinator:
         ref_logprobs = torch.cat(wait(ref_refs))
         scores = self.reward.result(score_refs, rollout)
         values = torch.cat(wait(value_refs)) if value_refs else None
+        ended = ended_with_eos(rollout, self.tokenizer.eos_token_id)
+        if cfg.missing_eos_penalty:
+            scores = penalize_missing_eos(scores, ended, cfg.missing_eos_penalty)
 
         mask = rollout["action_mask"]
         kl = kl_penalty(logprobs, ref_logprobs, cfg.kl.estimator) * mask
@@ -226,6 +232,7 @@ class PPOCoordinator:
             kl=kl,
             rewards=rewards,
             advantages=advantages,
+            ended=ended,
             returns=returns,
             rollout_logprobs=engine_logprobs,
             is_weights=is_weights,

@@ -62,6 +62,20 @@ def role_size(cfg: JobConfig, role: Role) -> int:
     return getattr(cfg.resources, role).actors
 
 
+def solo_threads(cfg: JobConfig, role: Role) -> int | None:
+    """Torch threads per rank for a role that trains alone in its stage (pretrain, SFT, RM).
+
+    Ray gives each rank its ``num_cpus`` worth of threads (1 by default), which in the stages
+    where nothing else runs leaves the rest of the CPUs idle: SmolLM2 SFT on 2 cores ran on
+    one. Here the cluster's CPUs (at most this machine's) are split over the role's ranks.
+    ``resources.torch_threads`` wins when set; on GPUs the default is kept.
+    """
+    if cfg.resources.torch_threads or uses_gpu(cfg):
+        return cfg.resources.torch_threads
+    cpus = min(int(ray.cluster_resources().get("CPU", 1)), os.cpu_count() or 1)
+    return max(1, cpus // role_size(cfg, role))
+
+
 def placement(cfg: JobConfig, role: Role) -> RolePlacement:
     res = getattr(cfg.resources, role)
     gpu = uses_gpu(cfg)
@@ -115,28 +129,47 @@ def engine_spec(
     )
 
 
-def _start(cfg: JobConfig, actor_cls: type, role: Role, distributed: bool) -> ActorGroup:
+def _start(
+    cfg: JobConfig,
+    actor_cls: type,
+    role: Role,
+    distributed: bool,
+    torch_threads: int | None = None,
+) -> ActorGroup:
     return ActorGroup(
         actor_cls,
         placement(cfg, role),
         distributed=distributed,
         seed=cfg.seed,
-        torch_threads=cfg.resources.torch_threads,
+        torch_threads=torch_threads or cfg.resources.torch_threads,
     )
 
 
-def start_causal_lm(cfg: JobConfig, role: Role, path: str, spec: EngineSpec | None) -> ActorGroup:
+def _start_model(
+    cfg: JobConfig,
+    actor_cls: type,
+    role: Role,
+    path: str,
+    spec: EngineSpec | None,
+    torch_threads: int | None,
+) -> ActorGroup:
+    group = _start(cfg, actor_cls, role, spec is not None, torch_threads)
+    group.call(lambda a, _r: a.load.remote(path, cfg.model.dtype, spec))
+    return group
+
+
+def start_causal_lm(
+    cfg: JobConfig, role: Role, path: str, spec: EngineSpec | None, torch_threads: int | None = None
+) -> ActorGroup:
     """Policy ranks (with an optimizer) or the frozen reference (spec None)."""
-    group = _start(cfg, CausalLMActor, role, distributed=spec is not None)
-    group.call(lambda a, _r: a.load.remote(path, cfg.model.dtype, spec))
-    return group
+    return _start_model(cfg, CausalLMActor, role, path, spec, torch_threads)
 
 
-def start_value_model(cfg: JobConfig, role: Role, path: str, spec: EngineSpec | None) -> ActorGroup:
+def start_value_model(
+    cfg: JobConfig, role: Role, path: str, spec: EngineSpec | None, torch_threads: int | None = None
+) -> ActorGroup:
     """Reward-model or critic ranks; a causal-LM checkpoint gets a fresh scalar head."""
-    group = _start(cfg, ValueModelActor, role, distributed=spec is not None)
-    group.call(lambda a, _r: a.load.remote(path, cfg.model.dtype, spec))
-    return group
+    return _start_model(cfg, ValueModelActor, role, path, spec, torch_threads)
 
 
 def start_rollout(cfg: JobConfig, path: str) -> ActorGroup:

@@ -9,6 +9,7 @@ from instructray.algorithms.advantages import (
     compute_gae,
     gae_estimator,
     get_advantage_estimator,
+    penalize_missing_eos,
     register_advantage_estimator,
     shape_rewards,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "pairwise_ranking_loss",
+    "penalize_missing_eos",
     "policy_loss_clipped",
     "ptx_loss",
     "register_advantage_estimator",

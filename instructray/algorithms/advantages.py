@@ -30,6 +30,12 @@ def shape_rewards(
     return torch.where(mask, score_at_last - kl_coef * kl, 0.0)
 
 
+def penalize_missing_eos(scores: Tensor, ended: Tensor, penalty: float) -> Tensor:
+    """Scores [B] minus ``penalty`` where the response was cut off (``ended`` False): a reward
+    model scores unfinished text as if it were finished, and a policy can learn never to stop."""
+    return scores - penalty * (~ended.bool()).to(scores.dtype)
+
+
 def compute_gae(
     rewards: Tensor,
     values: Tensor,

@@ -121,6 +121,11 @@ class PPOStageConfig(Section):
         8, description="Pre-training texts per rank and optimizer step, split over micro-batches."
     )
     reward_clip: PositiveFloat | None = 10.0
+    missing_eos_penalty: Annotated[float, Field(ge=0)] | None = Field(
+        None,
+        description="Subtracted from the reward of a response cut off at max_new_tokens (no "
+        "EOS), as TRL's missing_eos_penalty: the RM scores unfinished text as if finished.",
+    )
     reward_function: str | None = Field(
         None,
         description="'package.module:function' scoring (prompts, responses) -> floats, used "

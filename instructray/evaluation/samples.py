@@ -28,7 +28,9 @@ class SampleSet:
     lengths counts response tokens (EOS included when emitted); ended says the response stopped
     on EOS rather than being cut off; scores maps judge name -> [N] float scores (higher is
     better; the proxy reward model is one of them); kl is the summed per-token
-    KL(policy || reference) of each sample in nats, or None when it was not measured.
+    KL(policy || reference) of each sample in nats, or None when it was not measured;
+    ref_logprob is each response's summed log-probability under the reference model (its
+    fluency as the reference LM reads it), or None.
     """
 
     prompts: list[str]
@@ -37,6 +39,7 @@ class SampleSet:
     ended: np.ndarray
     scores: dict[str, np.ndarray]
     kl: np.ndarray | None = None
+    ref_logprob: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.prompts = list(self.prompts)
@@ -49,6 +52,8 @@ class SampleSet:
         }
         if self.kl is not None:
             self.kl = _column("kl", self.kl, np.float64)
+        if self.ref_logprob is not None:
+            self.ref_logprob = _column("ref_logprob", self.ref_logprob, np.float64)
         n = len(self.prompts)
         columns: dict[str, int] = {
             "responses": len(self.responses),
@@ -58,6 +63,8 @@ class SampleSet:
         columns.update({f"scores[{k!r}]": len(v) for k, v in self.scores.items()})
         if self.kl is not None:
             columns["kl"] = len(self.kl)
+        if self.ref_logprob is not None:
+            columns["ref_logprob"] = len(self.ref_logprob)
         for field_name, size in columns.items():
             if size != n:
                 raise ValueError(

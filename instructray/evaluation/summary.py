@@ -76,6 +76,9 @@ def summarize(
         kl_seq = float(samples.kl.mean())
         total_tokens = int(samples.lengths.sum())
         kl_tok = float(samples.kl.sum() / total_tokens) if total_tokens else None
+    fluency = None
+    if samples.ref_logprob is not None and samples.lengths.sum():
+        fluency = float(samples.ref_logprob.sum() / samples.lengths.sum())
     return {
         "n": len(samples),
         "confidence": confidence,
@@ -84,6 +87,7 @@ def summarize(
         "score_diff": diff,
         "kl_per_sequence": kl_seq,
         "kl_per_token": kl_tok,
+        "reference_logprob_per_token": fluency,
         "length": float(samples.lengths.mean()),
         "eos_fraction": float(samples.ended.mean()),
         "distinct_1": distinct_n(samples.responses, 1),

@@ -14,7 +14,7 @@ from instructray.orchestrator.batching import (
     split_for_ranks,
 )
 from instructray.orchestrator.context import JobContext, split_eval
-from instructray.orchestrator.roles import engine_spec, role_size, start_causal_lm
+from instructray.orchestrator.roles import engine_spec, role_size, solo_threads, start_causal_lm
 from instructray.orchestrator.stages.common import mean_over_ranks, save, train_epochs
 from instructray.orchestrator.stages.rm import comparisons_for
 
@@ -44,8 +44,9 @@ def run(ctx: JobContext) -> Path:
         f"[dpo] {len(train)} pairs / {len(held_out)} held out, beta {scfg.beta}, "
         f"{scfg.loss_type} loss, policy and reference from {init}"
     )
-    reference = start_causal_lm(cfg, "reference", str(init), spec=None)
-    policy = start_causal_lm(cfg, "policy", str(init), spec)
+    # The reference scores each batch before the policy trains on it: never both at once.
+    reference = start_causal_lm(cfg, "reference", str(init), None, solo_threads(cfg, "reference"))
+    policy = start_causal_lm(cfg, "policy", str(init), spec, solo_threads(cfg, "policy"))
     try:
         held_batches = [
             _with_reference(reference, encode(p)) for p in split_for_ranks(held_out, world)

@@ -200,7 +200,8 @@ def result_table(result: dict[str, Any]) -> Table:
     table.add_column("policy")
     for judge in judges:
         table.add_column(judge + (" (proxy)" if judge == result["proxy"] else ""))
-    for column in ("KL/seq", "LM loss", "length", "EOS", "distinct-2", "top gained word"):
+    columns = ("KL/seq", "LM loss", "ref. logp/tok", "length", "EOS", "distinct-2", "top gained")
+    for column in columns:
         table.add_column(column)
     for name, e in result["checkpoints"].items():
         cells = []
@@ -213,6 +214,7 @@ def result_table(result: dict[str, Any]) -> Table:
         cells += [
             _num(e.get("kl_per_sequence")),
             _num(e.get("lm_loss")),
+            _num(e.get("reference_logprob_per_token")),
             _num(e["length"], 1),
             _num(e["eos_fraction"]),
             _num(e["distinct_2"]),

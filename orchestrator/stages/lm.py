@@ -10,7 +10,7 @@ from instructray.config import LMStageConfig
 from instructray.data import SFTExample, TextExample
 from instructray.orchestrator.batching import lm_batch
 from instructray.orchestrator.context import JobContext, split_eval
-from instructray.orchestrator.roles import engine_spec, role_size, start_causal_lm
+from instructray.orchestrator.roles import engine_spec, role_size, solo_threads, start_causal_lm
 from instructray.orchestrator.stages.common import run_sharded, save, train_epochs
 
 LMStage = Literal["pretrain", "sft"]
@@ -42,7 +42,7 @@ def run(ctx: JobContext, stage: LMStage) -> Path:
     def encode(part: list) -> dict:
         return lm_batch(tokenizer, part, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
 
-    group = start_causal_lm(cfg, "policy", str(init), spec)
+    group = start_causal_lm(cfg, "policy", str(init), spec, solo_threads(cfg, "policy"))
     try:
         eval_before = run_sharded(group, lambda a: a.eval_lm, encode, held_out)["loss"]
         train_epochs(

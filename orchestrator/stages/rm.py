@@ -14,7 +14,13 @@ from instructray.config import SamplingConfig
 from instructray.data import RankedComparison, SimulatedLabeler, agreement, write_preferences
 from instructray.orchestrator.batching import lm_batch, prompt_ids, ranking_batch, split_for_ranks
 from instructray.orchestrator.context import JobContext, split_eval
-from instructray.orchestrator.roles import engine_spec, role_size, start_rollout, start_value_model
+from instructray.orchestrator.roles import (
+    engine_spec,
+    role_size,
+    solo_threads,
+    start_rollout,
+    start_value_model,
+)
 from instructray.orchestrator.stages.common import run_sharded, save, train_epochs
 
 LABEL_CHUNK = 128
@@ -44,27 +50,34 @@ def label_sft_samples(ctx: JobContext) -> list[RankedComparison]:
     )
     sampling = SamplingConfig(temperature=lcfg.temperature, max_new_tokens=lcfg.max_new_tokens)
     ids = prompt_ids(tokenizer, prompts, cfg.model.max_prompt_tokens)
-    answers: list[str] = []
-    answer_ids: list[tuple[int, ...]] = []
+    rng = random.Random(cfg.seed)
+    ks = [rng.randint(lcfg.k_min, lcfg.k_max) for _ in prompts]
+    answer_lists: list[list[str]] = [[] for _ in prompts]
+    sampled: list[tuple] = [(ids[i], []) for i in range(len(prompts))]
+    # Each prompt gets exactly its K samples: one generate call per K (and chunk).
+    calls = [
+        (k, members[start : start + LABEL_CHUNK])
+        for k in sorted(set(ks))
+        for members in [[i for i, ki in enumerate(ks) if ki == k]]
+        for start in range(0, len(members), LABEL_CHUNK)
+    ]
+    done = 0
     rollout = start_rollout(cfg, str(sft))
     try:
-        for start in range(0, len(ids), LABEL_CHUNK):
-            chunk = ids[start : start + LABEL_CHUNK]
+        for k, members in calls:
+            chunk = [ids[i] for i in members]
+            seed = cfg.seed + 1000 * k + members[0]
             out = rollout.call_rank0(
-                lambda a, c=chunk, s=start: a.generate.remote(c, sampling, lcfg.k_max, cfg.seed + s)
+                lambda a, c=chunk, k=k, s=seed: a.generate.remote(c, sampling, k, s)
             )
-            texts, sampled = sampled_responses(tokenizer, out)
-            answers += texts
-            answer_ids += sampled
-            ctx.log.info(f"[rm] sampled {min(start + LABEL_CHUNK, len(ids))}/{len(ids)} prompts")
+            texts, answer_ids = sampled_responses(tokenizer, out)
+            for j, i in enumerate(members):
+                answer_lists[i] = texts[j * k : (j + 1) * k]
+                sampled[i] = (ids[i], answer_ids[j * k : (j + 1) * k])
+            done += len(members)
+            ctx.log.info(f"[rm] sampled {done}/{len(ids)} prompts (K={k})")
     finally:
         rollout.shutdown()
-    rng = random.Random(cfg.seed)
-    answer_lists, sampled = [], []
-    for i in range(len(prompts)):
-        k = rng.randint(lcfg.k_min, lcfg.k_max)
-        answer_lists.append(answers[i * lcfg.k_max : i * lcfg.k_max + k])
-        sampled.append((ids[i], answer_ids[i * lcfg.k_max : i * lcfg.k_max + k]))
     labeler = SimulatedLabeler(ctx.data.labeler_judge, noise=lcfg.noise, seed=cfg.seed)
     comparisons = labeler.rank_many([p.prompt for p in prompts], answer_lists, sampled)
     path = ctx.run_dir / "data" / "comparisons.jsonl"
@@ -133,7 +146,7 @@ def run(ctx: JobContext) -> Path:
     def encode(part: list) -> dict:
         return ranking_batch(tokenizer, part, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
 
-    group = start_value_model(cfg, "reward", str(init), spec)
+    group = start_value_model(cfg, "reward", str(init), spec, solo_threads(cfg, "reward"))
     try:
         before = run_sharded(group, lambda a: a.eval_rm, encode, held_out)
         train_epochs(

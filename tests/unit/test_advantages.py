@@ -10,6 +10,7 @@ from instructray.algorithms.advantages import (
     AdvantageInputs,
     compute_gae,
     get_advantage_estimator,
+    penalize_missing_eos,
     register_advantage_estimator,
     shape_rewards,
 )
@@ -46,6 +47,14 @@ def test_shape_rewards_clips_score() -> None:
     mask = torch.tensor([[1, 1], [1, 0]])
     out = shape_rewards(scores, kl, mask, kl_coef=0.5, clip_score=3.0)
     torch.testing.assert_close(out, torch.tensor([[-0.05, -0.1 + 2.0], [-0.2 - 3.0, 0.0]]))
+
+
+def test_missing_eos_penalty_only_on_cut_off_responses() -> None:
+    scores = torch.tensor([2.0, -5.0, 0.5])
+    ended = torch.tensor([True, False, False])
+    out = penalize_missing_eos(scores, ended, 1.5)
+    torch.testing.assert_close(out, torch.tensor([2.0, -6.5, -1.0]))
+    torch.testing.assert_close(penalize_missing_eos(scores, ended, 0.0), scores)
 
 
 def test_gae_gamma1_lam095_by_hand() -> None:

@@ -109,6 +109,16 @@ def test_agreement_counts_ties_as_half() -> None:
     )
 
 
+def test_agreement_reuses_the_scores_of_ranked_texts() -> None:
+    judge = TableJudge(TABLE)
+    labeler = SimulatedLabeler(judge, 0.0, 0)
+    comparisons = labeler.rank_many(["p", "q"], [["a", "b"], ["c", "d"]])
+    assert judge.calls == [["a", "b", "c", "d"]]  # one call for every answer
+    assert agreement(labeler, comparisons) == 1.0
+    assert agreement(labeler, [RankedComparison("r", ("e", "a"))]) == 1.0
+    assert judge.calls[1:] == [["e"]]  # only the unseen text is judged
+
+
 def test_negative_noise_rejected() -> None:
     with pytest.raises(ValueError, match="noise"):
         SimulatedLabeler(TableJudge(TABLE), noise=-0.1, seed=0)

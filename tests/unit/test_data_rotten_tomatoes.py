@@ -55,10 +55,15 @@ def test_split_is_disjoint_and_complete(task: RottenTomatoesTask) -> None:
     labeler, held_out, policy = map(_texts, (task.judge_labeler, task.judge_eval, task.policy))
     assert not labeler & held_out and not labeler & policy and not held_out & policy
     assert len(task.judge_labeler) + len(task.judge_eval) + len(task.policy) == 13905
-    assert (len(task.judge_labeler), len(task.judge_eval), len(task.policy)) == (3862, 2608, 7435)
+    assert (len(task.judge_labeler), len(task.judge_eval), len(task.policy)) == (3828, 2642, 7435)
     reviews = 7403 + 5405
+    # Whole movies go to one judge (held-out judge ≠ same movies), so the shares are near 30/20.
     assert abs(len(task.judge_labeler) / reviews - 0.30) < 0.01
     assert abs(len(task.judge_eval) / reviews - 0.20) < 0.01
+    movie = rt.movie_groups(rt._corpus())
+    assert movie["el_crimen_del_padre_amaro"] == movie["the_crime_of_padre_amaro"]
+    labeler_movies = {movie[r.movie] for r in task.judge_labeler}
+    assert not labeler_movies & {movie[r.movie] for r in task.judge_eval}
     assert {r.label for r in task.judge_labeler + task.judge_eval} == {"fresh", "rotten"}
     assert Counter(r.label for r in task.policy)["plot"] == 1097
 
@@ -114,10 +119,10 @@ def test_judges_are_accurate_held_out_and_distinct(task: RottenTomatoesTask) -> 
 
     eval_texts, eval_labels = [r.text for r in task.judge_eval], _labels(task.judge_eval)
     accuracy = labeler.accuracy(eval_texts, eval_labels)
-    assert accuracy == pytest.approx(0.7232, abs=1e-4)
+    assert accuracy == pytest.approx(0.7135, abs=1e-4)
     assert accuracy > 0.70
     lab_texts, lab_labels = [r.text for r in task.judge_labeler], _labels(task.judge_labeler)
-    assert evaluator.accuracy(lab_texts, lab_labels) == pytest.approx(0.6952, abs=1e-4)
+    assert evaluator.accuracy(lab_texts, lab_labels) == pytest.approx(0.6954, abs=1e-4)
 
     a, b = labeler.score(eval_texts), evaluator.score(eval_texts)
     assert not np.allclose(a, b)

@@ -88,3 +88,18 @@ def test_rollout_engines_come_from_num_engines():
         {"resources": {"device": "cpu", "rollout": {"actors": 5}}, "rollout": {"num_engines": 3}}
     )
     assert role_size(cfg, "rollout") == placement(cfg, "rollout").actors == 3
+
+
+def test_solo_threads_split_this_machines_cpus_over_the_ranks(monkeypatch) -> None:
+    from instructray.orchestrator import roles
+
+    monkeypatch.setattr(roles.ray, "cluster_resources", lambda: {"CPU": 4.0})
+    monkeypatch.setattr(roles.os, "cpu_count", lambda: 2)
+    cfg = JobConfig()
+    assert roles.solo_threads(cfg, "policy") == 2  # 4 CPUs reserved, 2 cores here
+    cfg.resources.policy.actors = 2
+    assert roles.solo_threads(cfg, "policy") == 1
+    monkeypatch.setattr(roles.os, "cpu_count", lambda: 16)
+    assert roles.solo_threads(cfg, "policy") == 2  # the cluster's 4 over 2 ranks
+    cfg.resources.torch_threads = 3
+    assert roles.solo_threads(cfg, "policy") == 3  # the user's setting wins

@@ -51,6 +51,7 @@ def test_summarize_by_hand() -> None:
         lengths=[2, 2, 3, 3],
         ended=[True, True, False, True],
         kl=[1.0, 2.0, 3.0, 4.0],
+        ref_logprob=[-2.0, -2.0, -3.0, -3.0],
     )
     base = _set(
         ["a film", "b", "c film", "d"],
@@ -64,6 +65,7 @@ def test_summarize_by_hand() -> None:
     assert entry["score_diff"]["labeler"]["estimate"] == pytest.approx(0.75)  # 1, 0, -1, 3
     assert entry["kl_per_sequence"] == 2.5
     assert entry["kl_per_token"] == pytest.approx(10 / 10)
+    assert entry["reference_logprob_per_token"] == pytest.approx(-10 / 10)
     assert entry["length"] == 2.5 and entry["eos_fraction"] == 0.75
     assert entry["distinct_1"] == pytest.approx(3 / 8)  # good film bad of 8 words
     assert entry["distinct_2"] == pytest.approx(3 / 4)  # (good good)x2 (good film) (bad film)
@@ -78,6 +80,7 @@ def test_summarize_without_baseline_and_without_kl() -> None:
     assert entry["win_rate"] == {} and entry["score_diff"] == {}
     assert entry["top_gained_words"] == []
     assert entry["kl_per_sequence"] is None and entry["kl_per_token"] is None
+    assert entry["reference_logprob_per_token"] is None
     assert entry["scores"] == {"rm": 2.0}
 
 
