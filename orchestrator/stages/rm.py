@@ -93,8 +93,10 @@ def label_sft_samples(ctx: JobContext) -> list[RankedComparison]:
 def normalize_on_demonstrations(ctx: JobContext, group: ActorGroup, tokenizer) -> float:
     """InstructGPT's last RM step: an offset so that SFT demonstrations score 0 on average
     (stored as ``reward_offset`` in the checkpoint's config; scores are logit − offset)."""
-    demos = ctx.data.sft_examples[: ctx.cfg.rm.normalize_samples]
+    has_demos = ctx.cfg.data.sft is not None or ctx.data.task is not None
+    demos = ctx.data.sft_examples[: ctx.cfg.rm.normalize_samples] if has_demos else []
     if not demos:
+        ctx.log.info("[rm] no SFT demonstrations (data.sft or data.task): reward_offset stays 0")
         return 0.0
     cfg = ctx.cfg
 
