@@ -34,6 +34,13 @@ from harness import REPO, RESULTS, host_info, work_dir, write_result
 PRESET = REPO / "configs" / "smollm2.yaml"
 HH_FILE = REPO.parent / "shared" / "data" / "hh_rlhf_harmless_test.jsonl.gz"
 PARTS = ("base", "overopt", "ptx", "dpo", "hh")
+RESULT_KEYS = {
+    "base": "base",
+    "overopt": "overoptimisation",
+    "ptx": "ptx",
+    "dpo": "dpo",
+    "hh": "hh",
+}
 JUDGES = ("labeler", "judge_heldout", "vader", "rm")
 
 
@@ -140,7 +147,15 @@ def main() -> None:
     if result_path.exists():  # parts not rerun keep their figures
         out = json.loads(result_path.read_text())
     out["host"] = host_info()
-    out["command"] = " ".join(["python bench/alignment.py", *sys.argv[1:]])
+    out.pop("command", None)
+    command = " ".join(["python bench/alignment.py", *sys.argv[1:]])
+
+    def record(part: str, figures: dict[str, Any]) -> None:
+        """Store one part's figures with the command that produced them."""
+        out[RESULT_KEYS[part]] = {"command": command, **figures}
+        out["not_run"] = [p for p in PARTS if RESULT_KEYS[p] not in out]
+        write_result("alignment_smollm2", out)
+
     sets = list(args.overrides)
 
     base = args.base or work / "base"
@@ -149,13 +164,15 @@ def main() -> None:
     else:
         summary = json.loads((base / "summary.json").read_text())
     stages = summary["stages"]
-    out["base"] = {
-        "run_dir": str(base),
-        "stage_seconds": {k: v["wall_time_s"] for k, v in stages.items()},
-        "rm_heldout_accuracy": stages["rm"]["eval"]["heldout_accuracy"],
-        "ppo": policy_eval(base, "ppo"),
-    }
-    write_result("alignment_smollm2", out)
+    record(
+        "base",
+        {
+            "run_dir": str(base),
+            "stage_seconds": {k: v["wall_time_s"] for k, v in stages.items()},
+            "rm_heldout_accuracy": stages["rm"]["eval"]["heldout_accuracy"],
+            "ppo": policy_eval(base, "ppo"),
+        },
+    )
     trained = [
         f"model.sft_checkpoint={base / 'checkpoints' / 'sft'}",
         f"model.reward_checkpoint={base / 'checkpoints' / 'rm'}",
@@ -178,14 +195,17 @@ def main() -> None:
         curves = {"β = 0": monitor_curve(run), "default β": monitor_curve(base)}
         plot = RESULTS / "alignment_overoptimisation.png"
         plot_overoptimisation(curves, plot)
-        out["overoptimisation"] = {
-            "curves": curves,
-            "beta0_gold_peaks_then_falls": peak_then_fall(curves["β = 0"], margin=0.02),
-            "default_gold_peaks_then_falls": peak_then_fall(curves["default β"], margin=0.02),
-            "beta0_proxy_rises": curves["β = 0"]["proxy"][-1] > curves["β = 0"]["proxy"][0],
-            "plot": str(plot.relative_to(REPO)),
-        }
-        write_result("alignment_smollm2", out)
+        record(
+            "overopt",
+            {
+                "base_run_dir": str(base),
+                "curves": curves,
+                "beta0_gold_peaks_then_falls": peak_then_fall(curves["β = 0"], margin=0.02),
+                "default_gold_peaks_then_falls": peak_then_fall(curves["default β"], margin=0.02),
+                "beta0_proxy_rises": curves["β = 0"]["proxy"][-1] > curves["β = 0"]["proxy"][0],
+                "plot": str(plot.relative_to(REPO)),
+            },
+        )
 
     if "ptx" in args.parts:
         run = work / "ptx"
@@ -193,14 +213,18 @@ def main() -> None:
         plain, ptx = out["base"]["ppo"]["lm_loss"], policy_eval(run, "ppo")
         increase = plain["policy"] - plain["baseline"]
         increase_ptx = ptx["lm_loss"]["policy"] - ptx["lm_loss"]["baseline"]
-        out["ptx"] = {
-            "ptx_coef": args.ptx_coef,
-            "lm_loss_increase_ppo": round(increase, 4),
-            "lm_loss_increase_ptx": round(increase_ptx, 4),
-            "recovered_fraction": round(1 - increase_ptx / increase, 3) if increase > 0 else None,
-            "ppo_ptx": ptx,
-        }
-        write_result("alignment_smollm2", out)
+        record(
+            "ptx",
+            {
+                "ptx_coef": args.ptx_coef,
+                "lm_loss_increase_ppo": round(increase, 4),
+                "lm_loss_increase_ptx": round(increase_ptx, 4),
+                "recovered_fraction": (
+                    round(1 - increase_ptx / increase, 3) if increase > 0 else None
+                ),
+                "ppo_ptx": ptx,
+            },
+        )
 
     if "dpo" in args.parts:
         run = work / "dpo"
@@ -215,12 +239,11 @@ def main() -> None:
                 "eval.checkpoints=[sft,dpo]",
             ],
         )
-        out["dpo"] = {"dpo": policy_eval(run, "dpo"), "ppo": out["base"]["ppo"]["win_rate"]}
-        write_result("alignment_smollm2", out)
+        record("dpo", {"dpo": policy_eval(run, "dpo"), "ppo": out["base"]["ppo"]["win_rate"]})
 
     if "hh" in args.parts:
         if not HH_FILE.is_file():
-            out["hh"] = {"skipped": f"{HH_FILE} not present"}
+            record("hh", {"skipped": f"{HH_FILE} not present"})
         else:
             run = work / "hh_rm"
             summary = instructray(
@@ -238,15 +261,17 @@ def main() -> None:
                 ],
             )
             rm = summary["stages"]["rm"]
-            out["hh"] = {
-                "file": HH_FILE.name,
-                "heldout_accuracy": round(rm["eval"]["heldout_accuracy"], 4),
-                "heldout_accuracy_before": round(rm["eval"]["heldout_accuracy_before"], 4),
-                "train_pairs": rm["eval"]["train_rankings"],
-                "heldout_pairs": rm["eval"]["heldout_rankings"],
-                "wall_s": summary["wall_s"],
-            }
-        write_result("alignment_smollm2", out)
+            record(
+                "hh",
+                {
+                    "file": HH_FILE.name,
+                    "heldout_accuracy": round(rm["eval"]["heldout_accuracy"], 4),
+                    "heldout_accuracy_before": round(rm["eval"]["heldout_accuracy_before"], 4),
+                    "train_pairs": rm["eval"]["train_rankings"],
+                    "heldout_pairs": rm["eval"]["heldout_rankings"],
+                    "wall_s": summary["wall_s"],
+                },
+            )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from instructray.config import JobConfig, Stage, dump_config
+from transformers import AutoConfig
+
+from instructray.config import ConfigError, JobConfig, Stage, dump_config
 from instructray.models import default_cache_dir, resolve_base_model
 from instructray.models.loading import is_complete
 from instructray.orchestrator.context import JobContext, JobData
@@ -50,6 +52,20 @@ def run_eval(cfg: JobConfig, run_dir: Path) -> JobContext:
     return _run_stages(cfg, run_dir, log, ["eval"], found)
 
 
+def check_model_shape(cfg: JobConfig, stages: list[Stage], base: Path) -> None:
+    """Settings that depend on the model's shape, refused before any actor starts."""
+    layers = cfg.rm.trainable_layers
+    if "rm" not in stages or layers is None:
+        return
+    init = cfg.model.sft_checkpoint or base
+    depth = AutoConfig.from_pretrained(init).num_hidden_layers
+    if layers > depth:
+        raise ConfigError(
+            f"rm.trainable_layers is {layers}, but the reward model's backbone ({init}) has "
+            f"{depth} transformer blocks: choose 1..{depth}, or null to train all of them"
+        )
+
+
 def _run_stages(
     cfg: JobConfig, run_dir: Path, log: RunLogger, stages: list[Stage], found: dict[Stage, Path]
 ) -> JobContext:
@@ -58,6 +74,7 @@ def _run_stages(
         log.info(f"job {cfg.name!r}: stages {' → '.join(stages)}, run dir {run_dir}")
         base = resolve_base_model(cfg.model.base, Path(cache))
         log.info(f"base model {cfg.model.base!r} at {base}")
+        check_model_shape(cfg, stages, base)
         data = JobData(cfg)
         data.check_files(stages)
         init_ray(cfg)

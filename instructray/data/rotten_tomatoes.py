@@ -20,7 +20,7 @@ import numpy as np
 
 from instructray.data.judges import SentimentJudge
 from instructray.data.meaning_judge import MeaningJudge
-from instructray.data.records import PromptExample, SFTExample, TextExample
+from instructray.data.records import PromptExample, RankedComparison, SFTExample, TextExample
 
 T = TypeVar("T")
 Label = Literal["fresh", "rotten", "plot"]
@@ -197,6 +197,29 @@ class RottenTomatoesTask:
             if split is not None:
                 prompts.append(PromptExample(split[0]))
         return self._shuffled(prompts, "prompts")
+
+    def review_preference_pairs(self, n: int) -> list[RankedComparison]:
+        """Up to ``n`` pairs for preference-model pre-training (Askell et al. 2021): after one
+        review's opening, the continuation of a fresh review of the SFT half ranked above that
+        of a rotten one. The two continuations are matched by length (the i-th shortest of
+        each), and the opening is the fresh review's in even pairs and the rotten one's in odd
+        ones, so neither length nor "continues its own opening" tells the winner."""
+        splits: dict[str, list[tuple[str, str]]] = {"fresh": [], "rotten": []}
+        for review in self.sft_reviews():
+            split = self._split_words(review.text)
+            if split is not None:
+                splits[review.label].append(split)
+        fresh = self._shuffled(splits["fresh"], "pmp-fresh")[:n]
+        rotten = self._shuffled(splits["rotten"], "pmp-rotten")[:n]
+        size = min(len(fresh), len(rotten))
+        by_length = lambda pair: len(pair[1].split())  # noqa: E731
+        fresh = sorted(fresh[:size], key=by_length)
+        rotten = sorted(rotten[:size], key=by_length)
+        pairs = [
+            RankedComparison(prompt=(good if i % 2 == 0 else bad)[0], ranked=(good[1], bad[1]))
+            for i, (good, bad) in enumerate(zip(fresh, rotten, strict=True))
+        ]
+        return self._shuffled(pairs, "pmp-pairs")
 
     # --- the judges -------------------------------------------------------------------
 

@@ -45,18 +45,25 @@ def train_epochs(
     encode: Encode,
     method: Callable[[Any], Any],
     *common: Any,
-) -> None:
+    steps_before: int = 0,
+    steps_total: int | None = None,
+) -> int:
     """One optimizer step per batch of ``batch_size`` items for ``epochs`` passes, a metrics
-    line per step (with throughput: tokens/s when the actor counts tokens)."""
-    total = num_batches(len(items), batch_size, epochs)
+    line per step (with throughput: tokens/s when the actor counts tokens). A stage that
+    trains in phases numbers its steps on from ``steps_before`` out of ``steps_total``.
+    Returns the last step number."""
+    total = steps_total or num_batches(len(items), batch_size, epochs)
     clock = Stopwatch()
-    for step, batch in enumerate(epoch_batches(items, batch_size, epochs, ctx.cfg.seed), 1):
+    step = steps_before
+    batches = epoch_batches(items, batch_size, epochs, ctx.cfg.seed)
+    for step, batch in enumerate(batches, steps_before + 1):
         metrics = run_sharded(group, method, encode, batch, *common)
         elapsed = max(clock.lap(), 1e-9)
         if "tokens" in metrics:
             metrics["tokens_per_s"] = metrics.pop("tokens") * group.world_size / elapsed
         metrics["examples_per_s"] = batch_size / elapsed
         ctx.log.log(stage, step, metrics, total)
+    return step
 
 
 def save(ctx: JobContext, group: ActorGroup, name: str) -> Path:

@@ -12,7 +12,13 @@ import torch
 from instructray.actors.group import ActorGroup
 from instructray.config import SamplingConfig
 from instructray.data import RankedComparison, SimulatedLabeler, agreement, write_preferences
-from instructray.orchestrator.batching import lm_batch, prompt_ids, ranking_batch, split_for_ranks
+from instructray.orchestrator.batching import (
+    lm_batch,
+    num_batches,
+    prompt_ids,
+    ranking_batch,
+    split_for_ranks,
+)
 from instructray.orchestrator.context import JobContext, split_eval
 from instructray.orchestrator.roles import (
     engine_spec,
@@ -148,12 +154,36 @@ def run(ctx: JobContext) -> Path:
     def encode(part: list) -> dict:
         return ranking_batch(tokenizer, part, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
 
+    task = ctx.data.task  # the config refuses rm.pmp_pairs without one
+    pmp = task.review_preference_pairs(scfg.pmp_pairs) if task and scfg.pmp_pairs else []
+    # Preference-model pre-training first (one epoch), then the labeled rankings.
+    phases = [("review pairs (pre-training)", pmp, 1.0)] if pmp else []
+    phases.append(("labeled rankings", train, scfg.epochs))
+    total = sum(num_batches(len(items), scfg.batch_size, epochs) for _, items, epochs in phases)
+    after_pmp: dict[str, float] = {}
     group = start_value_model(cfg, "reward", str(init), spec, solo_threads(cfg, "reward"))
     try:
         before = run_sharded(group, lambda a: a.eval_rm, encode, held_out)
-        train_epochs(
-            ctx, "rm", group, train, scfg.batch_size, scfg.epochs, encode, lambda a: a.train_rm
-        )
+        step = 0
+        for what, items, epochs in phases:
+            ctx.log.info(f"[rm] training on {len(items)} {what} for {epochs:g} epochs")
+            step = train_epochs(
+                ctx,
+                "rm",
+                group,
+                items,
+                scfg.batch_size,
+                epochs,
+                encode,
+                lambda a: a.train_rm,
+                steps_before=step,
+                steps_total=total,
+            )
+            if items is pmp:
+                after_pmp = run_sharded(group, lambda a: a.eval_rm, encode, held_out)
+                ctx.log.info(
+                    f"[rm] held-out accuracy after pre-training {after_pmp['accuracy']:.3f}"
+                )
         after = run_sharded(group, lambda a: a.eval_rm, encode, held_out)
         offset = normalize_on_demonstrations(ctx, group, tokenizer)
         checkpoint = save(ctx, group, "rm")
@@ -164,6 +194,7 @@ def run(ctx: JobContext) -> Path:
         checkpoint,
         {
             "heldout_accuracy_before": before["accuracy"],
+            **({"heldout_accuracy_after_pmp": after_pmp["accuracy"]} if after_pmp else {}),
             "heldout_accuracy": after["accuracy"],
             "heldout_loss": after["loss"],
             "train_rankings": float(len(train)),

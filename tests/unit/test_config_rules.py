@@ -75,3 +75,11 @@ def test_eval_stage_needs_something_to_judge_with_and_a_baseline():
     cfg = load_config(None, ["stages=[eval]", "model.sft_checkpoint=runs/x/sft"])
     assert cfg.ordered_stages() == ["eval"]
     assert load_config(None, ["stages=[sft, rm, ppo, eval]"]).ordered_stages()[-1] == "eval"
+
+
+def test_preference_model_pretraining_needs_the_task():
+    message = _error(
+        ["stages=[rm]", "data.task=null", "data.preferences=p.jsonl", "rm.pmp_pairs=8"]
+    )
+    assert "rm.pmp_pairs" in message and "data.task" in message
+    assert load_config(None, ["stages=[rm]", "rm.pmp_pairs=8"]).rm.pmp_pairs == 8

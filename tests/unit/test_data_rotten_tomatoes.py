@@ -113,6 +113,28 @@ def test_policy_outputs(task: RottenTomatoesTask) -> None:
         RottenTomatoesTask.build(prompt_words=(5, 3))
 
 
+def test_review_preference_pairs(task: RottenTomatoesTask) -> None:
+    pairs = task.review_preference_pairs(10_000)
+    sft = task.sft_examples()
+    rotten_sft = {" ".join(r.text.split()) for r in task.sft_reviews() if r.label == "rotten"}
+    # Every rotten SFT review long enough to split makes one pair (fewer rotten than fresh).
+    assert len(pairs) == sum(e.prompt + e.response in rotten_sft for e in sft) == 1254
+    label = {" ".join(r.text.split()): r.label for r in task.sft_reviews()}
+    whole = {e.response: e.prompt + e.response for e in sft}
+    assert all(label[whole[p.ranked[0]]] == "fresh" for p in pairs)
+    assert all(label[whole[p.ranked[1]]] == "rotten" for p in pairs)
+    own = [whole[p.ranked[0]] == p.prompt + p.ranked[0] for p in pairs]
+    other = [whole[p.ranked[1]] == p.prompt + p.ranked[1] for p in pairs]
+    # The opening belongs to the fresh review in half the pairs, to the rotten one in the other.
+    assert all(a != b for a, b in zip(own, other, strict=True))
+    assert abs(sum(own) - len(pairs) / 2) <= 1
+    # Length-matched: the i-th shortest fresh continuation with the i-th shortest rotten one.
+    gaps = [len(p.ranked[0].split()) - len(p.ranked[1].split()) for p in pairs]
+    assert abs(np.mean(gaps)) < 1.0 and np.median(np.abs(gaps)) <= 1
+    assert task.review_preference_pairs(3) == task.review_preference_pairs(3)
+    assert len(task.review_preference_pairs(3)) == 3
+
+
 def test_judges_are_accurate_held_out_and_distinct(task: RottenTomatoesTask) -> None:
     labeler, evaluator = task.labeler_judge(), task.eval_judge()
     assert task.labeler_judge() is labeler  # cached

@@ -7,20 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from instructray.config import load_config
+from instructray.config import ConfigError, load_config
 from instructray.data import DataFormatError
 from instructray.orchestrator.pipeline import run_job
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_malformed_user_data_fails_before_ray_starts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def no_ray(_cfg: object) -> None:
-        raise AssertionError("Ray was started before the data files were checked")
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These jobs must fail before the pipeline starts Ray."""
 
-    monkeypatch.setattr("instructray.orchestrator.pipeline.init_ray", no_ray)
+    def refuse(_cfg: object) -> None:
+        raise AssertionError("Ray was started before the job's inputs were checked")
+
+    monkeypatch.setattr("instructray.orchestrator.pipeline.init_ray", refuse)
+
+
+@pytest.mark.usefixtures("no_ray")
+def test_malformed_user_data_fails_before_ray_starts(tmp_path: Path) -> None:
     sft = tmp_path / "sft.jsonl"
     sft.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
     cfg = load_config(
@@ -39,3 +44,23 @@ def test_malformed_user_data_fails_before_ray_starts(
     assert err.value.line == 2 and "response" in str(err.value) and str(sft) in str(err.value)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "line 2" in summary["error"]
+
+
+@pytest.mark.usefixtures("no_ray")
+def test_more_trainable_layers_than_the_model_has_fails_before_ray_starts(tmp_path: Path) -> None:
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            "stages=[rm]",
+            "rm.trainable_layers=99",
+            f"output.run_dir={tmp_path / 'run'}",
+            "output.tensorboard=false",
+            f"output.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
+    with pytest.raises(
+        ConfigError, match=r"rm.trainable_layers is 99, .* has 4 transformer blocks"
+    ):
+        run_job(cfg)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "choose 1..4" in summary["error"]
