@@ -182,20 +182,12 @@ class RottenTomatoesTask:
 
     def sft_examples(self) -> list[SFTExample]:
         """prompt = the first n words, response = " " + the rest; shuffled with the seed."""
-        examples = []
-        for review in self.sft_reviews():
-            split = self._split_words(review.text)
-            if split is not None:
-                examples.append(SFTExample(*split))
+        examples = [SFTExample(*split) for _, split in self._splits(self.sft_reviews())]
         return self._shuffled(examples, "sft")
 
     def prompts(self) -> list[PromptExample]:
         """Review openings (n words, as in ``sft_examples``), shuffled with the seed."""
-        prompts = []
-        for review in self.prompt_reviews():
-            split = self._split_words(review.text)
-            if split is not None:
-                prompts.append(PromptExample(split[0]))
+        prompts = [PromptExample(split[0]) for _, split in self._splits(self.prompt_reviews())]
         return self._shuffled(prompts, "prompts")
 
     def review_preference_pairs(self, n: int) -> list[RankedComparison]:
@@ -205,10 +197,8 @@ class RottenTomatoesTask:
         each), and the opening is the fresh review's in even pairs and the rotten one's in odd
         ones, so neither length nor "continues its own opening" tells the winner."""
         splits: dict[str, list[tuple[str, str]]] = {"fresh": [], "rotten": []}
-        for review in self.sft_reviews():
-            split = self._split_words(review.text)
-            if split is not None:
-                splits[review.label].append(split)
+        for review, split in self._splits(self.sft_reviews()):
+            splits[review.label].append(split)
         fresh = self._shuffled(splits["fresh"], "pmp-fresh")[:n]
         rotten = self._shuffled(splits["rotten"], "pmp-rotten")[:n]
         size = min(len(fresh), len(rotten))
@@ -247,6 +237,11 @@ class RottenTomatoesTask:
 
     def _is_sft(self, text: str) -> bool:
         return stable_hash(text, f"rt-sft-{self.seed}") % 2 == 0
+
+    def _splits(self, reviews: list[Review]) -> list[tuple[Review, tuple[str, str]]]:
+        """Each review long enough to split, with its (opening, " " + rest)."""
+        splits = ((review, self._split_words(review.text)) for review in reviews)
+        return [(review, split) for review, split in splits if split is not None]
 
     def _split_words(self, text: str) -> tuple[str, str] | None:
         low, high = self.prompt_words
