@@ -17,6 +17,7 @@ from instructray.models import disable_dropout, train_top_layers
 from instructray.rollout.weights import write_file
 from instructray.training.engine import EngineSpec, build_engine, full_state_dict, init_distributed
 from instructray.training.forward import Batch, to_device
+from instructray.training.guard import check_finite, check_gradients
 
 
 class RankActor:
@@ -59,6 +60,20 @@ class RankActor:
 
     def _batch(self, batch: Batch) -> Batch:
         return to_device(batch, self.device)
+
+    # -- optimizer steps that refuse NaN and inf (see instructray.training.guard) -------------
+    def _where(self, what: str) -> str:
+        return f"{what} (rank {self.rank}), optimizer step {self.engine.global_steps + 1}"
+
+    def _backward(self, loss: torch.Tensor, what: str) -> None:
+        check_finite({"loss": loss}, self._where(what))
+        self.engine.backward(loss)
+
+    def _step(self, what: str) -> None:
+        """The optimizer step; at an accumulation boundary the gradients are checked first."""
+        if self.engine.is_gradient_accumulation_boundary():
+            check_gradients(self.engine.module.named_parameters(), self._where(what))
+        self.engine.step()
 
     def state_dict(self, copy: bool = True) -> dict[str, torch.Tensor] | None:
         """Full weights on rank 0 (None elsewhere); all ranks must call it under ZeRO-3."""

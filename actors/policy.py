@@ -59,8 +59,8 @@ class CausalLMActor(RankActor):
         for mb in self._micro_batches(batch):
             logits = lm_logits(self.model, mb["input_ids"], mb["attention_mask"])
             loss = sft_loss(logits, mb["input_ids"], mb["loss_mask"])
-            self.engine.backward(loss)
-            self.engine.step()
+            self._backward(loss, "language model")
+            self._step("language model")
             rows.append({"loss": loss.item(), "tokens": float(mb["loss_mask"].sum())})
         tokens = sum(row.pop("tokens") for row in rows)
         return {**_mean_metrics(rows), "tokens": tokens, "lr": current_lr(self.engine)}
@@ -134,8 +134,8 @@ class CausalLMActor(RankActor):
         rows = []
         for mb in self._micro_batches(batch):
             loss, metrics = self._dpo_step(mb, cfg)
-            self.engine.backward(loss)
-            self.engine.step()
+            self._backward(loss, "DPO policy")
+            self._step("DPO policy")
             rows.append(metrics)
         return {**_mean_metrics(rows), "lr": current_lr(self.engine)}
 
@@ -190,7 +190,7 @@ class CausalLMActor(RankActor):
                 lm = ptx_loss(ptx_logits, ptx_mb["input_ids"], ptx_mb["attention_mask"])
                 loss = loss + cfg.ptx_coef * lm
                 metrics["ptx_loss"] = lm.item()
-            self.engine.backward(loss)
-            self.engine.step()
+            self._backward(loss, "PPO policy")
+            self._step("PPO policy")
             rows.append(metrics)
         return {**_mean_metrics(rows), "policy_lr": current_lr(self.engine)}

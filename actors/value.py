@@ -41,8 +41,8 @@ class ValueModelActor(RankActor):
         losses, accuracies = [], []
         for mb in self._rm_groups(batch):
             loss, accuracy, _ = self._rm_loss(mb)
-            self.engine.backward(loss)
-            self.engine.step()
+            self._backward(loss, "reward model")
+            self._step("reward model")
             losses.append(loss.item())
             accuracies.append(float(accuracy))
         return {"loss": fmean(losses), "accuracy": fmean(accuracies), "lr": current_lr(self.engine)}
@@ -81,8 +81,8 @@ class ValueModelActor(RankActor):
             loss, clip_frac = value_loss_clipped(
                 values, mb["values"], mb["returns"], mask, cfg.value_clip_eps
             )
-            self.engine.backward(cfg.value_loss_coef * loss)
-            self.engine.step()
+            self._backward(cfg.value_loss_coef * loss, "PPO critic")
+            self._step("PPO critic")
             rows.append((loss.item(), float(clip_frac)))
         return {
             "value_loss": fmean(r[0] for r in rows),

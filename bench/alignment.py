@@ -11,7 +11,8 @@ checkpoints and its labeled comparisons. ``--base runs/demo`` reuses the run of 
   the samples' log-probability under the reference (fluency), the top gained words.
 - overopt: PPO with β = 0 for longer, the monitor every few iterations: proxy (RM) and gold
   (labeler) against KL, next to the base run's (default β) monitor rows (Gao et al. 2022).
-- ptx: PPO-ptx (``--ptx-coef``): which share of plain PPO's held-out LM-loss increase it recovers.
+- ptx: PPO-ptx (``--ptx-coef``): which share of plain PPO's held-out LM-loss increase it recovers,
+  and what it keeps of the win-rates; each coefficient run is kept in a sweep.
 - dpo: DPO on the base run's comparisons, evaluated the same way (win-rates at its KL).
 - hh: a reward model on the SmolLM2 backbone trained on the real HH-RLHF pairs
   (../shared/data/hh_rlhf_harmless_test.jsonl.gz, skipped when absent): held-out accuracy.
@@ -111,6 +112,23 @@ def peak_then_fall(curve: dict[str, list[float]], margin: float) -> bool:
     return bool(gold) and peak < len(gold) - 1 and gold[-1] < gold[peak] - margin
 
 
+def ptx_sweep(previous: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
+    """The PPO-ptx runs by coefficient: earlier runs kept, this one added or replaced."""
+    sweep = dict(previous.get("sweep", {}))
+    if "ptx_coef" in previous:  # a result file from before the sweep: one flat run
+        sweep[f"{previous['ptx_coef']:g}"] = {k: v for k, v in previous.items() if k != "sweep"}
+    sweep[f"{figures['ptx_coef']:g}"] = figures
+    return dict(sorted(sweep.items(), key=lambda item: float(item[0])))
+
+
+def accuracy_ci(accuracy: float, n: int) -> list[float]:
+    """Wilson 95% interval of a held-out pairwise accuracy over ``n`` pairs."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(round(accuracy * n), n).proportion_ci(method="wilson")
+    return [round(float(interval.low), 4), round(float(interval.high), 4)]
+
+
 def plot_overoptimisation(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
     import matplotlib
 
@@ -208,23 +226,20 @@ def main() -> None:
         )
 
     if "ptx" in args.parts:
-        run = work / "ptx"
+        run = work / f"ptx_{args.ptx_coef:g}"
         instructray(run, [*sets, *trained, "stages=[ppo,eval]", f"ppo.ptx_coef={args.ptx_coef}"])
         plain, ptx = out["base"]["ppo"]["lm_loss"], policy_eval(run, "ppo")
         increase = plain["policy"] - plain["baseline"]
         increase_ptx = ptx["lm_loss"]["policy"] - ptx["lm_loss"]["baseline"]
-        record(
-            "ptx",
-            {
-                "ptx_coef": args.ptx_coef,
-                "lm_loss_increase_ppo": round(increase, 4),
-                "lm_loss_increase_ptx": round(increase_ptx, 4),
-                "recovered_fraction": (
-                    round(1 - increase_ptx / increase, 3) if increase > 0 else None
-                ),
-                "ppo_ptx": ptx,
-            },
-        )
+        figures = {
+            "command": command,
+            "ptx_coef": args.ptx_coef,
+            "lm_loss_increase_ppo": round(increase, 4),
+            "lm_loss_increase_ptx": round(increase_ptx, 4),
+            "recovered_fraction": round(1 - increase_ptx / increase, 3) if increase > 0 else None,
+            "ppo_ptx": ptx,
+        }
+        record("ptx", {"sweep": ptx_sweep(out.get("ptx", {}), figures)})
 
     if "dpo" in args.parts:
         run = work / "dpo"
@@ -266,6 +281,9 @@ def main() -> None:
                 {
                     "file": HH_FILE.name,
                     "heldout_accuracy": round(rm["eval"]["heldout_accuracy"], 4),
+                    "heldout_accuracy_ci95": accuracy_ci(
+                        rm["eval"]["heldout_accuracy"], int(rm["eval"]["heldout_rankings"])
+                    ),
                     "heldout_accuracy_before": round(rm["eval"]["heldout_accuracy_before"], 4),
                     "train_pairs": rm["eval"]["train_rankings"],
                     "heldout_pairs": rm["eval"]["heldout_rankings"],

@@ -36,6 +36,7 @@ from instructray.orchestrator.experience import Experience, merge_rollouts
 from instructray.orchestrator.measure import RewardSource, ended_with_eos, forward_on
 from instructray.orchestrator.stages.common import Stopwatch
 from instructray.orchestrator.weight_sync import choose_weight_sync
+from instructray.training.guard import check_finite
 
 Batch = dict[str, torch.Tensor]
 
@@ -114,6 +115,10 @@ class PPOCoordinator:
 
         exp = self.make_experience(rollout, group_ids)
         timings["time_score"] = clock.lap()
+        check_finite(
+            {"scores": exp.scores, "advantages": exp.advantages, "returns": exp.returns},
+            f"PPO iteration {iteration}, before the updates",
+        )
 
         train_metrics = self.learn(exp)
         timings["time_train"] = clock.lap()
