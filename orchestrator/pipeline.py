@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import traceback
 from collections.abc import Callable
 from functools import partial
@@ -17,6 +18,8 @@ from instructray.orchestrator.roles import init_ray
 from instructray.orchestrator.stages import dpo, lm, ppo, rm
 from instructray.orchestrator.stages import eval as eval_stage
 from instructray.run_log import RunLogger
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 STAGES: dict[Stage, Callable[[JobContext], Path]] = {
     "pretrain": partial(lm.run, stage="pretrain"),
@@ -69,6 +72,7 @@ def check_model_shape(cfg: JobConfig, stages: list[Stage], base: Path) -> None:
 def _run_stages(
     cfg: JobConfig, run_dir: Path, log: RunLogger, stages: list[Stage], found: dict[Stage, Path]
 ) -> JobContext:
+    current: Stage | None = None
     try:
         cache = cfg.output.cache_dir or default_cache_dir()
         log.info(f"job {cfg.name!r}: stages {' → '.join(stages)}, run dir {run_dir}")
@@ -81,13 +85,16 @@ def _run_stages(
         ctx = JobContext(cfg=cfg, run_dir=run_dir, log=log, base_model=base, data=data)
         ctx.checkpoints.update(found)
         for stage in stages:
+            current = stage
             log.start_stage(stage)
             ctx.checkpoints[stage] = STAGES[stage](ctx)
     except BaseException as err:
         # A later evaluation that fails does not make the training run it measured fail.
         status = log.previous_status or "failed"
-        where = f"{stages[-1]} failed: " if log.previous_status else ""
-        log.write_summary(status=status, error=f"{where}{type(err).__name__}: {err}")
+        where = f"{current} stage failed: " if current else ""
+        # Ray colours the actor prefixes of its errors for terminals; summary.json is no terminal.
+        message = ANSI_ESCAPE.sub("", f"{where}{type(err).__name__}: {err}")
+        log.write_summary(status=status, error=message)
         log.info(traceback.format_exc())
         raise
     finally:

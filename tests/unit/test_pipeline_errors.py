@@ -9,7 +9,7 @@ import pytest
 
 from instructray.config import ConfigError, load_config
 from instructray.data import DataFormatError
-from instructray.orchestrator.pipeline import run_job
+from instructray.orchestrator.pipeline import STAGES, run_job
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,3 +64,30 @@ def test_more_trainable_layers_than_the_model_has_fails_before_ray_starts(tmp_pa
         run_job(cfg)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "choose 1..4" in summary["error"]
+
+
+def test_a_failed_stage_is_named_in_the_summary_without_terminal_colours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def dies(_ctx: object) -> Path:
+        raise RuntimeError("\x1b[36m(CausalLMActor pid=7)\x1b[0m policy rank 0 died")
+
+    monkeypatch.setattr("instructray.orchestrator.pipeline.init_ray", lambda _cfg: None)
+    monkeypatch.setitem(STAGES, "sft", dies)
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            "stages=[sft]",
+            f"output.run_dir={tmp_path / 'run'}",
+            "output.tensorboard=false",
+            f"output.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
+    with pytest.raises(RuntimeError):
+        run_job(cfg)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert (
+        summary["error"]
+        == "sft stage failed: RuntimeError: (CausalLMActor pid=7) policy rank 0 died"
+    )
