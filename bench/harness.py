@@ -93,7 +93,9 @@ def tiny_checkpoints() -> tuple[Path, Path]:
             "output.tensorboard=false",
         ],
     )
-    ctx = run_job(cfg, work_dir("tiny-build"))
+    build = work_dir("tiny-build")
+    shutil.rmtree(build, ignore_errors=True)
+    ctx = run_job(cfg, build)
     shutil.copytree(ctx.checkpoints["sft"], sft, dirs_exist_ok=True)
     shutil.copytree(ctx.checkpoints["rm"], rm, dirs_exist_ok=True)
     return sft, rm

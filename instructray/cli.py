@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     started_ray = not ray.is_initialized()
     try:
         ctx = run_eval(cfg, cfg.output.run_dir) if args.command == "eval" else run_job(cfg)
+    except ConfigError as err:  # found once the job looks at its inputs, before any training
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

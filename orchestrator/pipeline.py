@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import traceback
 from collections.abc import Callable
@@ -38,9 +39,28 @@ def run_job(cfg: JobConfig, run_dir: Path | None = None) -> JobContext:
     and with the eval stage eval.json and report/.
     """
     run_dir = Path(run_dir or cfg.output.run_dir)
+    refuse_finished_run(run_dir)
     log = RunLogger(run_dir, tensorboard=cfg.output.tensorboard)
     dump_config(cfg, run_dir / "config.yaml")
     return _run_stages(cfg, run_dir, log, cfg.ordered_stages(), {})
+
+
+def refuse_finished_run(run_dir: Path) -> None:
+    """A folder that already holds a run is not written over: a second run there would append
+    to its metrics.jsonl and replace its checkpoints, and nothing would tell the two apart."""
+    summary, metrics = run_dir / "summary.json", run_dir / "metrics.jsonl"
+    if not (summary.exists() or metrics.exists()):
+        return
+    try:
+        body = json.loads(summary.read_text())
+        held = f"a {body.get('status')} run of stages {', '.join(body.get('stages', {})) or '-'}"
+    except (OSError, ValueError):
+        held = "the metrics of an earlier run"
+    raise ConfigError(
+        f"{run_dir} already holds {held}; a new run there would mix its metrics and "
+        f"checkpoints with that one's. Give another run folder (--out, or make demo "
+        f"RUN_DIR=...), delete this one, or evaluate it again with `instructray eval {run_dir}`"
+    )
 
 
 def run_eval(cfg: JobConfig, run_dir: Path) -> JobContext:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from instructray import cli
 from instructray.config import ConfigError, load_config
 from instructray.data import DataFormatError
 from instructray.orchestrator.pipeline import STAGES, run_job
@@ -91,3 +92,23 @@ def test_a_failed_stage_is_named_in_the_summary_without_terminal_colours(
         summary["error"]
         == "sft stage failed: RuntimeError: (CausalLMActor pid=7) policy rank 0 died"
     )
+
+
+@pytest.mark.usefixtures("no_ray")
+def test_a_folder_that_holds_a_run_is_not_written_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    summary = {"status": "succeeded", "error": None, "stages": {"sft": {}, "rm": {}}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "metrics.jsonl").write_text('{"stage": "sft", "step": 1, "loss": 2.5}\n')
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+
+    code = cli.main(["run", str(REPO / "configs" / "tiny.yaml"), "--out", str(run)])
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {run} already holds a succeeded run of stages sft, rm;")
+    assert f"`instructray eval {run}`" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing touched
