@@ -64,11 +64,41 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+MAX_DEPTH = 32
+"""Deepest nesting of objects/lists accepted in a request: a job config needs 4."""
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep dicts and lists nest in ``value`` (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:  # deeper is refused anyway: stop walking
+                stack.extend(
+                    (v, depth) for v in (item.values() if isinstance(item, dict) else item)
+                )
+    return deepest
+
+
+TOO_DEEP = f"nests deeper than {MAX_DEPTH} levels of objects/lists"
+
+
+def too_deep(value: Any) -> bool:
+    return nesting_depth(value) > MAX_DEPTH
+
+
 def parse_yaml_mapping(text: str, field: str) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_NoAliasLoader)
     except yaml.YAMLError as err:
         raise InvalidConfig([FieldError(field, f"not valid YAML: {err}")]) from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise InvalidConfig([FieldError(field, f"YAML {TOO_DEEP}")]) from None
+    if too_deep(data):
+        raise InvalidConfig([FieldError(field, f"YAML {TOO_DEEP}")])
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from sqlalchemy import text
 
+from instructray.api.configs import TOO_DEEP, too_deep
 from instructray.api.db import TERMINAL
 from instructray.api.jobs import JobService
 from instructray.api.ray_jobs import RayUnavailable
@@ -43,6 +44,8 @@ from instructray.api.views import job_detail, job_links, job_summary
 
 router = APIRouter()
 MUTATING = [Depends(bearer_scheme), Depends(require_token)]
+MAX_ROW = 2**31 - 1
+"""Largest row offset or cursor accepted (SQLite's integers end at 2**63 - 1)."""
 ERRORS = {
     400: {"model": ErrorBody, "description": "Malformed JSON"},
     401: {"model": ErrorBody, "description": "Missing or malformed bearer token"},
@@ -80,8 +83,15 @@ async def submit_job(request: Request, response: Response, service: Service) -> 
     raw = await request.body()
     try:
         payload = json.loads(raw)
+        deep = too_deep(payload)
     except ValueError as err:
         raise HTTPException(400, f"malformed JSON body: {err}") from None
+    except RecursionError:  # nested past the parser's own limit
+        deep = True
+    if deep:
+        raise RequestValidationError(
+            [{"loc": ("body",), "msg": f"the body {TOO_DEEP}", "type": "value_error"}]
+        )
     try:
         req = JobCreate.model_validate(payload)
     except ValidationError as err:
@@ -99,7 +109,7 @@ def list_jobs(
     service: Service,
     status: Annotated[list[Status] | None, Query(description="Repeat to match several")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ROW)] = 0,
 ) -> dict[str, Any]:
     # Handlers return plain dicts: FastAPI validates them against response_model once
     # (a model instance would be validated twice).
@@ -118,7 +128,9 @@ def get_job(job_id: str, service: Service) -> dict[str, Any]:
 def get_metrics(
     job_id: str,
     service: Service,
-    since: Annotated[int, Query(ge=0, description="Row cursor: `next` of the last page")] = 0,
+    since: Annotated[
+        int, Query(ge=0, le=MAX_ROW, description="Row cursor: `next` of the last page")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 5_000,
 ) -> MetricsPage:
     """The metrics.jsonl time series, one row per logged step; incremental with ?since=."""

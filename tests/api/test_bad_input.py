@@ -52,6 +52,21 @@ class TestRejectedSubmissions:
         r = post(client, content=b'{"preset": "tiny",')
         assert r.status_code == 400 and r.json()["detail"].startswith("malformed JSON body")
 
+    @pytest.mark.parametrize("levels", [40, 900, 5000])
+    def test_a_deeply_nested_body_is_422(self, client: httpx.Client, levels: int) -> None:
+        body = '{"preset": "tiny", "overrides": ' + '{"a": ' * levels + "1" + "}" * levels + "}"
+        r = post(
+            client, content=body.encode(), headers={**AUTH, "content-type": "application/json"}
+        )
+        assert r.status_code == 422 and fields(r) == ["body"]
+        assert "nests deeper than 32 levels" in r.json()["errors"][0]["message"]
+
+    @pytest.mark.parametrize("levels", [40, 400])
+    def test_deeply_nested_yaml_is_422(self, client: httpx.Client, levels: int) -> None:
+        r = post(client, {**TINY, "overrides": "{a: " * levels + "1" + "}" * levels})
+        assert r.status_code == 422 and fields(r) == ["overrides"]
+        assert "YAML nests deeper than 32 levels" in r.json()["errors"][0]["message"]
+
     def test_body_must_be_an_object(self, client: httpx.Client) -> None:
         r = post(client, [1, 2])
         assert r.status_code == 422
@@ -209,6 +224,7 @@ def test_cancel_unknown_job_is_404(client: httpx.Client) -> None:
         ("limit=0", "query.limit"),
         ("limit=lots", "query.limit"),
         ("offset=-1", "query.offset"),
+        ("offset=9223372036854775808", "query.offset"),
         ("status=exploded", "query.status.0"),
     ],
 )
