@@ -8,6 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
+
+_OWNER: dict[str, str] = {}
+"""Role and rank of each pending result by its id (not the ref itself, which would keep the
+object alive), so a failure can name them."""
+
+
+class RoleError(RuntimeError):
+    """A rank of a role failed: its method raised, or its process died."""
 
 
 @dataclass(frozen=True)
@@ -49,13 +58,18 @@ class ActorGroup:
     def world_size(self) -> int:
         return len(self.actors)
 
+    def _owned(self, refs: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
+        for rank, ref in enumerate(refs):
+            _OWNER[ref.hex()] = f"{self.placement.name} (rank {rank} of {len(refs)})"
+        return refs
+
     def call(self, fn: Callable[[Any, int], ray.ObjectRef]) -> list[Any]:
         """``fn(actor, rank)`` on every rank at once; waits and returns the results by rank."""
-        return ray.get([fn(actor, rank) for rank, actor in enumerate(self.actors)])
+        return wait(self.submit(fn))
 
     def submit(self, fn: Callable[[Any, int], ray.ObjectRef]) -> list[ray.ObjectRef]:
         """Like `call` without waiting, so several roles can work at the same time."""
-        return [fn(actor, rank) for rank, actor in enumerate(self.actors)]
+        return self._owned([fn(actor, rank) for rank, actor in enumerate(self.actors)])
 
     def map_async(
         self, method: Callable[[Any], Any], shards: Sequence[Any], *common: Any
@@ -63,13 +77,15 @@ class ActorGroup:
         """``method(actor).remote(shard, *common)`` with one shard per rank, without waiting."""
         if len(shards) != len(self.actors):
             raise ValueError(f"{len(shards)} shards for {len(self.actors)} ranks")
-        return [method(a).remote(s, *common) for a, s in zip(self.actors, shards, strict=True)]
+        return self._owned(
+            [method(a).remote(s, *common) for a, s in zip(self.actors, shards, strict=True)]
+        )
 
     def map(self, method: Callable[[Any], Any], shards: Sequence[Any], *common: Any) -> list[Any]:
-        return ray.get(self.map_async(method, shards, *common))
+        return wait(self.map_async(method, shards, *common))
 
     def call_rank0(self, fn: Callable[[Any], ray.ObjectRef]) -> Any:
-        return ray.get(fn(self.actors[0]))
+        return wait(self._owned([fn(self.actors[0])]))[0]
 
     def shutdown(self) -> None:
         for actor in self.actors:
@@ -78,4 +94,27 @@ class ActorGroup:
 
 
 def wait(refs: Sequence[ray.ObjectRef]) -> list[Any]:
-    return ray.get(list(refs))
+    """The results of ``refs``; a failure is re-raised as `RoleError` naming role and rank."""
+    refs = list(refs)
+    try:
+        return ray.get(refs)
+    except RayError as err:
+        owner = next((_OWNER[r.hex()] for r in refs if r.hex() in _OWNER and _failed(r)), None)
+        what = "died" if isinstance(err, RayActorError) else "failed"
+        # A method's own exception, without Ray's wrapping (the traceback stays chained).
+        cause = getattr(err, "cause", None)
+        detail = f"{type(cause).__name__}: {cause}" if isinstance(cause, Exception) else err
+        raise RoleError(f"{owner or 'an actor'} {what}: {detail}") from err
+    finally:
+        for ref in refs:
+            _OWNER.pop(ref.hex(), None)
+
+
+def _failed(ref: ray.ObjectRef) -> bool:
+    try:
+        ray.get(ref, timeout=0)
+    except GetTimeoutError:  # still running
+        return False
+    except RayError:
+        return True
+    return False
