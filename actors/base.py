@@ -96,6 +96,9 @@ class RankActor:
             getattr(p, "ds_numel", p.numel()) * p.element_size() for p in self.model.parameters()
         )
 
+    def close(self) -> None:
+        """Release what a Ray kill would leave behind; `ActorGroup.shutdown` calls it first."""
+
     def remove_file(self, path: str) -> None:
         Path(path).unlink(missing_ok=True)
 

@@ -87,7 +87,12 @@ class ActorGroup:
     def call_rank0(self, fn: Callable[[Any], ray.ObjectRef]) -> Any:
         return wait(self._owned([fn(self.actors[0])]))[0]
 
-    def shutdown(self) -> None:
+    def shutdown(self, close_timeout_s: float = 60.0) -> None:
+        """Let every rank `close` (bounded wait: a hung or dead one is killed all the same),
+        then kill them."""
+        closing = [a.close.remote() for a in self.actors if hasattr(a, "close")]
+        if closing:
+            ray.wait(closing, num_returns=len(closing), timeout=close_timeout_s)
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []

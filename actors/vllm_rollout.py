@@ -6,6 +6,7 @@ log-probs for the importance-sampling correction."""
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 
@@ -119,6 +120,16 @@ class VLLMRolloutActor(RankActor):
             "sync_bytes": float(os.path.getsize(path)),
             "sync_reload_seconds": max(reload_seconds),
         }
+
+    def close(self) -> None:
+        """Stop the engine's processes the way vLLM expects, so its shared-memory queues
+        (/dev/shm/psm_*) are unlinked; a Ray kill alone leaves them behind."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        llm.llm_engine.engine_core.shutdown()
+        del self.llm
+        gc.collect()
 
     def sleep(self) -> None:
         """Release weights and KV cache from the GPU while colocated trainers run (level 1

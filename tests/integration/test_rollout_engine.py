@@ -124,12 +124,29 @@ def test_async_ppo_overlaps_generation_and_still_raises_reward(
     assert not any("tokens_per_s" in r for r in rows)
 
 
+def _orphaned_shared_memory(before: set[str]) -> set[str]:
+    """vLLM queue segments created since ``before`` that no live process maps any more."""
+    new = {p.name for p in Path("/dev/shm").glob("psm_*")} - before
+    mapped = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        mapped |= {name for name in new if name in text}
+    return new - mapped
+
+
 def test_colocated_ppo_raises_reward(tiny_run: Path, ray_cluster, tmp_path: Path) -> None:
+    before = {p.name for p in Path("/dev/shm").glob("psm_*")}
     # The monitor samples between iterations too (the engine sleeps while it scores).
     rows = _ppo(tiny_run, tmp_path, "rollout.colocate=true", "ppo.monitor.every=6")
     _rises(rows)
     assert all(r["engine_logprob_abs_diff"] < 1e-4 for r in rows)  # synced every step
     assert [r["step"] for r in rows if "monitor_proxy" in r] == [6, 12]
+    # The engine was closed, not only killed: its shared-memory queues are gone (a kill left
+    # two 250 MB psm_* files per engine start).
+    assert _orphaned_shared_memory(before) == set()
 
 
 def test_engine_old_logprobs_over_object_store_sync_raise_reward(
