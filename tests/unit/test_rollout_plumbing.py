@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import torch
 
 from instructray.orchestrator.experience import merge_rollouts
@@ -76,3 +79,16 @@ def test_merge_rollouts_repads_prompts_left_and_responses_right() -> None:
     assert merged["action_mask"].tolist() == [[True, False, False], [True, True, True]]
     assert merged["rollout_logprobs"].tolist() == [[-1.0, 0.0, 0.0], [-1.0, -1.0, -1.0]]
     assert merge_rollouts([a], pad_id=0) is a
+
+
+def test_only_the_rotary_reload_warning_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    from instructray.rollout.vllm_ext import RELOAD_LOGGER, quiet_rotary_reload_note
+
+    quiet_rotary_reload_note()
+    quiet_rotary_reload_note()  # idempotent: one filter
+    logger = logging.getLogger(RELOAD_LOGGER)
+    assert len(logger.filters) == 1
+    with caplog.at_level(logging.WARNING, logger=RELOAD_LOGGER):
+        for layer in ("RotaryEmbedding", "Llama3RotaryEmbedding", "QKVParallelLinear"):
+            logger.warning("%s: Failed to load weights", layer)
+    assert [r.getMessage() for r in caplog.records] == ["QKVParallelLinear: Failed to load weights"]
