@@ -75,6 +75,19 @@ def run_eval(cfg: JobConfig, run_dir: Path) -> JobContext:
     return _run_stages(cfg, run_dir, log, ["eval"], found)
 
 
+def check_checkpoints(cfg: JobConfig) -> None:
+    """Checkpoint paths in the config are model folders, found before any actor starts (an
+    actor would otherwise take a missing path for a model-hub name and fail minutes later)."""
+    for field in ("sft_checkpoint", "reward_checkpoint"):
+        value = getattr(cfg.model, field)
+        if value is not None and not (Path(value) / "config.json").is_file():
+            what = "does not exist" if not Path(value).exists() else "has no config.json"
+            raise ConfigError(
+                f"model.{field}: {value} {what}; give the folder of a checkpoint, e.g. "
+                f"RUN_DIR/checkpoints/{'sft' if field == 'sft_checkpoint' else 'rm'}"
+            )
+
+
 def check_model_shape(cfg: JobConfig, stages: list[Stage], base: Path) -> None:
     """Settings that depend on the model's shape, refused before any actor starts."""
     layers = cfg.rm.trainable_layers
@@ -98,6 +111,7 @@ def _run_stages(
         log.info(f"job {cfg.name!r}: stages {' → '.join(stages)}, run dir {run_dir}")
         base = resolve_base_model(cfg.model.base, Path(cache))
         log.info(f"base model {cfg.model.base!r} at {base}")
+        check_checkpoints(cfg)
         check_model_shape(cfg, stages, base)
         data = JobData(cfg)
         data.check_files(stages)

@@ -112,3 +112,22 @@ def test_a_folder_that_holds_a_run_is_not_written_over(
     assert err.startswith(f"error: {run} already holds a succeeded run of stages sft, rm;")
     assert f"`instructray eval {run}`" in err
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing touched
+
+
+@pytest.mark.usefixtures("no_ray")
+def test_a_missing_checkpoint_fails_before_ray_starts(tmp_path: Path) -> None:
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            "stages=[ppo]",
+            f"model.sft_checkpoint={tmp_path}",  # a folder, but no model in it
+            f"model.reward_checkpoint={tmp_path / 'nope'}",
+            f"output.run_dir={tmp_path / 'run'}",
+            "output.tensorboard=false",
+            f"output.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
+    with pytest.raises(ConfigError, match=rf"^model.sft_checkpoint: {tmp_path} has no config.json"):
+        run_job(cfg)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "model.sft_checkpoint" in summary["error"]
