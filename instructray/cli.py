@@ -1,6 +1,7 @@
 """``instructray run CONFIG [--set key=value ...] [--out RUN_DIR]``,
 ``instructray check CONFIG [--set ...]`` and
-``instructray eval RUN_DIR [--checkpoints sft ppo ...] [--set ...]``."""
+``instructray eval RUN_DIR [--checkpoints sft ppo ...] [--set ...]`` and
+``instructray export RUN_DIR --stage ppo --to DIR``."""
 
 from __future__ import annotations
 
@@ -50,7 +51,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override the run's config, e.g. eval.num_prompts=200",
     )
+    export = sub.add_parser(
+        "export", help="copy one stage's model out of a run, with a model card, to ship it"
+    )
+    export.add_argument("run_dir", type=Path, help="a run folder")
+    export.add_argument("--stage", required=True, help="pretrain, sft, rm, ppo, ppo_critic, dpo")
+    export.add_argument("--to", dest="out", type=Path, required=True, help="a new folder")
     return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    from instructray.export import export_checkpoint
+
+    try:
+        out = export_checkpoint(args.run_dir, args.stage, args.out)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported: {out}")
+    return 0
 
 
 def _load(args: argparse.Namespace):
@@ -72,6 +91,8 @@ def _load(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "export":
+        return _export(args)
     try:
         cfg = _load(args)
     except ConfigError as err:
