@@ -10,9 +10,9 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
-_OWNER: dict[str, str] = {}
-"""Role and rank of each pending result by its id (not the ref itself, which would keep the
-object alive), so a failure can name them."""
+_OWNER: dict[str, tuple[int, str]] = {}
+"""(group, "role (rank i of n)") of each pending result by its id (not the ref itself, which
+would keep the object alive), so a failure can name them."""
 
 
 class RoleError(RuntimeError):
@@ -60,7 +60,7 @@ class ActorGroup:
 
     def _owned(self, refs: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
         for rank, ref in enumerate(refs):
-            _OWNER[ref.hex()] = f"{self.placement.name} (rank {rank} of {len(refs)})"
+            _OWNER[ref.hex()] = (id(self), f"{self.placement.name} (rank {rank} of {len(refs)})")
         return refs
 
     def call(self, fn: Callable[[Any, int], ray.ObjectRef]) -> list[Any]:
@@ -96,6 +96,8 @@ class ActorGroup:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
+        for key in [k for k, (group, _) in _OWNER.items() if group == id(self)]:
+            del _OWNER[key]  # results nobody waited for (another rank had failed first)
 
 
 def wait(refs: Sequence[ray.ObjectRef]) -> list[Any]:
@@ -104,7 +106,7 @@ def wait(refs: Sequence[ray.ObjectRef]) -> list[Any]:
     try:
         return ray.get(refs)
     except RayError as err:
-        owner = next((_OWNER[r.hex()] for r in refs if r.hex() in _OWNER and _failed(r)), None)
+        owner = next((_OWNER[r.hex()][1] for r in refs if r.hex() in _OWNER and _failed(r)), None)
         what = "died" if isinstance(err, RayActorError) else "failed"
         # A method's own exception, without Ray's wrapping (the traceback stays chained).
         cause = getattr(err, "cause", None)
