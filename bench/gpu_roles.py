@@ -71,10 +71,9 @@ def run_config(path: Path, dtype: str, zero: int, args: argparse.Namespace) -> d
     from instructray.actors.policy import CausalLMActor
     from instructray.actors.rollout import HFRolloutActor
     from instructray.actors.value import ValueModelActor
-    from instructray.algorithms import get_advantage_estimator, kl_penalty, shape_rewards, whiten
-    from instructray.algorithms.advantages import AdvantageInputs
+    from instructray.algorithms import get_advantage_estimator
     from instructray.config import OptimConfig, PPOStageConfig, SamplingConfig
-    from instructray.orchestrator.experience import Experience
+    from instructray.orchestrator.experience import assemble_experience
     from instructray.training.engine import EngineSpec
     from instructray.training.forward import action_logprobs
 
@@ -109,7 +108,7 @@ def run_config(path: Path, dtype: str, zero: int, args: argparse.Namespace) -> d
     )
     device = policy.device
     tok = rollout.tokenizer
-    estimator = get_advantage_estimator("gae")
+    estimator = get_advantage_estimator(cfg.advantage_estimator)
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
     weights_file = shm / f"instructray_gpu_roles_{os.getpid()}.safetensors"
     rows: list[dict[str, Any]] = []
@@ -126,25 +125,17 @@ def run_config(path: Path, dtype: str, zero: int, args: argparse.Namespace) -> d
             values = critic.action_values(batch)
             t_score = time.perf_counter() - start
             mask = batch["action_mask"]
-            kl = kl_penalty(logprobs, ref_logprobs, "k1") * mask
-            rewards = shape_rewards(scores, kl, mask, 0.05, cfg.reward_clip)
-            group_ids = torch.arange(len(scores))
-            advantages, returns = estimator(
-                AdvantageInputs(rewards, values, mask, scores, group_ids, cfg.gamma, cfg.lam)
-            )
-            exp = Experience(
-                sequences=batch["sequences"],
-                attention_mask=batch["attention_mask"],
-                action_mask=mask,
-                group_ids=group_ids,
-                logprobs=logprobs,
-                ref_logprobs=ref_logprobs,
-                scores=scores,
-                values=values,
-                kl=kl,
-                rewards=rewards,
-                advantages=whiten(advantages, mask),
-                returns=returns,
+            exp = assemble_experience(
+                batch,
+                torch.arange(len(scores)),
+                logprobs,
+                ref_logprobs,
+                scores,
+                values,
+                tok.eos_token_id,
+                cfg,
+                cfg.kl.init_coef,
+                estimator,
             )
             start, train = time.perf_counter(), []
             for mb in exp.minibatches(mini, generator):

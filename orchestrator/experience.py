@@ -12,6 +12,17 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from instructray.algorithms import (
+    AdvantageEstimator,
+    AdvantageInputs,
+    kl_penalty,
+    penalize_missing_eos,
+    shape_rewards,
+    truncated_is_weights,
+    whiten,
+)
+from instructray.config import PPOStageConfig
+
 
 @dataclass
 class Experience:
@@ -101,6 +112,71 @@ class Experience:
             "values": self.values,
             "returns": self.returns,
         }
+
+
+def ended_with_eos(rollout: dict[str, torch.Tensor], eos_id: int) -> torch.Tensor:
+    """[B] bool: the response's last action is EOS (it stopped rather than being cut off)."""
+    mask = rollout["action_mask"].bool()
+    responses = rollout["sequences"][:, -mask.shape[1] :]
+    last = (mask.sum(-1) - 1).clamp(min=0)
+    return (responses.gather(1, last[:, None]).squeeze(1) == eos_id) & mask.any(-1)
+
+
+def assemble_experience(
+    rollout: dict[str, torch.Tensor],
+    group_ids: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    scores: torch.Tensor,
+    values: torch.Tensor | None,
+    eos_id: int,
+    cfg: PPOStageConfig,
+    kl_coef: float,
+    estimator: AdvantageEstimator,
+) -> Experience:
+    """The coordinator's math on one scored rollout batch: the missing-EOS penalty, per-token
+    KL, InstructGPT's shaped reward (RM score − β·KL), advantages and returns (whitened when
+    configured) and, with engine log-probs and ``tis_cap``, truncated importance weights."""
+    engine_logprobs = rollout.get("rollout_logprobs")
+    ended = ended_with_eos(rollout, eos_id)
+    if cfg.missing_eos_penalty:
+        scores = penalize_missing_eos(scores, ended, cfg.missing_eos_penalty)
+    mask = rollout["action_mask"]
+    kl = kl_penalty(logprobs, ref_logprobs, cfg.kl.estimator) * mask
+    rewards = shape_rewards(scores, kl, mask, kl_coef, cfg.reward_clip)
+    advantages, returns = estimator(
+        AdvantageInputs(
+            rewards=rewards,
+            values=values,
+            action_mask=mask,
+            scores=scores,
+            group_ids=group_ids,
+            gamma=cfg.gamma,
+            lam=cfg.lam,
+        )
+    )
+    if cfg.whiten_advantages:
+        advantages = whiten(advantages, mask)
+    is_weights = None
+    if cfg.tis_cap is not None and engine_logprobs is not None:
+        is_weights = truncated_is_weights(logprobs, engine_logprobs, mask, cfg.tis_cap)
+    return Experience(
+        sequences=rollout["sequences"],
+        attention_mask=rollout["attention_mask"],
+        action_mask=mask,
+        group_ids=group_ids,
+        logprobs=logprobs,
+        ref_logprobs=ref_logprobs,
+        scores=scores,
+        values=values,
+        kl=kl,
+        rewards=rewards,
+        advantages=advantages,
+        ended=ended,
+        returns=returns,
+        rollout_logprobs=engine_logprobs,
+        is_weights=is_weights,
+    )
 
 
 def merge_rollouts(batches: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ import torch
 from instructray.actors.group import ActorGroup, wait
 from instructray.algorithms import kl_penalty, masked_sum
 from instructray.evaluation import EvalJudge, SampleSet, load_judge
+from instructray.orchestrator.experience import ended_with_eos
 from instructray.training.forward import split_batch
 
 Batch = dict[str, torch.Tensor]
@@ -43,14 +44,6 @@ def decode_rollout(tokenizer: Any, rollout: Batch) -> tuple[list[str], list[str]
         prompts.append(tokenizer.decode(prompt, skip_special_tokens=True))
         responses.append(tokenizer.decode(row[-width:][actions.bool()], skip_special_tokens=True))
     return prompts, responses
-
-
-def ended_with_eos(rollout: Batch, eos_id: int) -> torch.Tensor:
-    """[B] bool: the response's last action is EOS (it stopped rather than being cut off)."""
-    mask = rollout["action_mask"].bool()
-    responses = rollout["sequences"][:, -mask.shape[1] :]
-    last = (mask.sum(-1) - 1).clamp(min=0)
-    return (responses.gather(1, last[:, None]).squeeze(1) == eos_id) & mask.any(-1)
 
 
 @dataclass

@@ -16,24 +16,18 @@ import torch
 from instructray.actors.group import ActorGroup, wait
 from instructray.algorithms import (
     AdaptiveKLController,
-    AdvantageInputs,
     FixedKLController,
     KLController,
     engine_mismatch,
     get_advantage_estimator,
-    kl_penalty,
     masked_mean,
     masked_sum,
-    penalize_missing_eos,
-    shape_rewards,
-    truncated_is_weights,
-    whiten,
 )
 from instructray.config import PPOStageConfig, RolloutConfig, SamplingConfig
 from instructray.data import PromptExample, TextExample
 from instructray.orchestrator.batching import cycle, lm_batch, prompt_ids
-from instructray.orchestrator.experience import Experience, merge_rollouts
-from instructray.orchestrator.measure import RewardSource, ended_with_eos, forward_on
+from instructray.orchestrator.experience import Experience, assemble_experience, merge_rollouts
+from instructray.orchestrator.measure import RewardSource, forward_on
 from instructray.orchestrator.stages.common import Stopwatch
 from instructray.orchestrator.weight_sync import choose_weight_sync
 from instructray.training.guard import check_finite
@@ -202,45 +196,17 @@ class PPOCoordinator:
         ref_logprobs = torch.cat(wait(ref_refs))
         scores = self.reward.result(score_refs, rollout)
         values = torch.cat(wait(value_refs)) if value_refs else None
-        ended = ended_with_eos(rollout, self.tokenizer.eos_token_id)
-        if cfg.missing_eos_penalty:
-            scores = penalize_missing_eos(scores, ended, cfg.missing_eos_penalty)
-
-        mask = rollout["action_mask"]
-        kl = kl_penalty(logprobs, ref_logprobs, cfg.kl.estimator) * mask
-        rewards = shape_rewards(scores, kl, mask, self.kl_ctl.value, cfg.reward_clip)
-        advantages, returns = self.estimator(
-            AdvantageInputs(
-                rewards=rewards,
-                values=values,
-                action_mask=mask,
-                scores=scores,
-                group_ids=group_ids,
-                gamma=cfg.gamma,
-                lam=cfg.lam,
-            )
-        )
-        if cfg.whiten_advantages:
-            advantages = whiten(advantages, mask)
-        is_weights = None
-        if cfg.tis_cap is not None and engine_logprobs is not None:
-            is_weights = truncated_is_weights(logprobs, engine_logprobs, mask, cfg.tis_cap)
-        return Experience(
-            sequences=rollout["sequences"],
-            attention_mask=rollout["attention_mask"],
-            action_mask=mask,
-            group_ids=group_ids,
-            logprobs=logprobs,
-            ref_logprobs=ref_logprobs,
-            scores=scores,
-            values=values,
-            kl=kl,
-            rewards=rewards,
-            advantages=advantages,
-            ended=ended,
-            returns=returns,
-            rollout_logprobs=engine_logprobs,
-            is_weights=is_weights,
+        return assemble_experience(
+            rollout,
+            group_ids,
+            logprobs,
+            ref_logprobs,
+            scores,
+            values,
+            self.tokenizer.eos_token_id,
+            cfg,
+            self.kl_ctl.value,
+            self.estimator,
         )
 
     def _ptx_shards(self, world_size: int) -> list[Batch | None]:
