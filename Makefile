@@ -36,9 +36,7 @@ demo-tiny: setup
 browser:
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-test: setup browser
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+test: lint browser
 	# A DeepSpeed op-build lock left by a killed process would hang every later job.
 	find $${HOME}/.cache/torch_extensions -name lock -mmin +10 -delete 2>/dev/null || true
 	$(VENV)/bin/pytest tests

@@ -23,8 +23,14 @@ LOADS_AS = {
     "rm": "AutoModelForSequenceClassification",
     "ppo_critic": "AutoModelForSequenceClassification",
 }
-KEPT = ("config.json", "generation_config.json", "chat_template.jinja", "tokenizer.json")
-KEPT_GLOBS = ("*.safetensors", "*.safetensors.index.json", "tokenizer_config.json")
+KEPT = (
+    "config.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+KEPT_GLOBS = ("*.safetensors", "*.safetensors.index.json")
 
 
 def _eval_lines(run_dir: Path, stage: str) -> list[str]:
