@@ -18,6 +18,9 @@ from instructray.rollout.weights import write_file
 from instructray.training.engine import EngineSpec, build_engine, full_state_dict, init_distributed
 from instructray.training.forward import Batch, to_device
 from instructray.training.guard import check_finite, check_gradients
+from instructray.training.train_state import rng_state, set_rng_state
+
+DEEPSPEED_TAG = "deepspeed"
 
 
 class RankActor:
@@ -120,6 +123,28 @@ class RankActor:
         self.model.config.use_cache = True
         save_hf_checkpoint(self.model, self.tokenizer, out_dir, state_dict=state)
         return out_dir
+
+    # -- train state: what continues this rank mid-stage (see instructray.training.train_state)
+    def save_train_state(self, directory: str) -> None:
+        """Weights, optimizer, ZeRO partitions and LR scheduler (DeepSpeed's checkpoint) and
+        this rank's RNG; every rank must call it. Ranks on other nodes need ``directory`` on a
+        shared file system."""
+        self.engine.save_checkpoint(directory, tag=DEEPSPEED_TAG, save_latest=False)
+        torch.save(rng_state(), Path(directory) / f"rng-rank{self.rank}.pt")
+
+    def load_train_state(self, directory: str) -> int:
+        """Restore `save_train_state`'s folder; returns the optimizer steps taken so far."""
+        path, _client_state = self.engine.load_checkpoint(
+            directory,
+            tag=DEEPSPEED_TAG,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint of rank {self.rank} in {directory}")
+        rng = Path(directory) / f"rng-rank{self.rank}.pt"
+        set_rng_state(torch.load(rng, weights_only=False))
+        return int(self.engine.global_steps)
 
     def load_tokenizer(self, path: str) -> None:
         from instructray.models import load_tokenizer

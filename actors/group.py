@@ -16,7 +16,11 @@ would keep the object alive), so a failure can name them."""
 
 
 class RoleError(RuntimeError):
-    """A rank of a role failed: its method raised, or its process died."""
+    """A rank of a role failed: its method raised, or its process died (``died``)."""
+
+    def __init__(self, message: str, died: bool = False) -> None:
+        super().__init__(message)
+        self.died = died
 
 
 @dataclass(frozen=True)
@@ -107,14 +111,26 @@ def wait(refs: Sequence[ray.ObjectRef]) -> list[Any]:
         return ray.get(refs)
     except RayError as err:
         owner = next((_OWNER[r.hex()][1] for r in refs if r.hex() in _OWNER and _failed(r)), None)
+        # A rank killed inside a collective also fails its peers' calls: any death counts.
+        died = isinstance(err, RayActorError) or any(_died(r) for r in refs)
         what = "died" if isinstance(err, RayActorError) else "failed"
         # A method's own exception, without Ray's wrapping (the traceback stays chained).
         cause = getattr(err, "cause", None)
         detail = f"{type(cause).__name__}: {cause}" if isinstance(cause, Exception) else err
-        raise RoleError(f"{owner or 'an actor'} {what}: {detail}") from err
+        raise RoleError(f"{owner or 'an actor'} {what}: {detail}", died=died) from err
     finally:
         for ref in refs:
             _OWNER.pop(ref.hex(), None)
+
+
+def _died(ref: ray.ObjectRef) -> bool:
+    try:
+        ray.get(ref, timeout=0)
+    except RayActorError:
+        return True
+    except RayError:
+        return False
+    return False
 
 
 def _failed(ref: ray.ObjectRef) -> bool:
@@ -125,3 +141,9 @@ def _failed(ref: ray.ObjectRef) -> bool:
     except RayError:
         return True
     return False
+
+
+def resolved(values: Sequence[Any]) -> list[ray.ObjectRef]:
+    """Refs to values already at hand (rollouts restored from a train state), to queue beside
+    refs of work still in flight."""
+    return [ray.put(value) for value in values]

@@ -1,4 +1,5 @@
 """``instructray run CONFIG [--set key=value ...] [--out RUN_DIR]``,
+``instructray run --resume RUN_DIR [--set ...]``,
 ``instructray check CONFIG [--set ...]`` and
 ``instructray eval RUN_DIR [--checkpoints sft ppo ...] [--set ...]`` and
 ``instructray export RUN_DIR --stage ppo --to DIR``."""
@@ -6,8 +7,13 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 from instructray.config import ConfigError, load_config
 
@@ -19,7 +25,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a job from a YAML config")
-    run.add_argument("config", type=Path, help="job config, e.g. configs/tiny.yaml")
+    run.add_argument("config", type=Path, nargs="?", help="job config, e.g. configs/tiny.yaml")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue an interrupted or failed run from its newest train state (its own "
+        "config.yaml; --set changes it, which makes it differ from an uninterrupted run)",
+    )
     run.add_argument(
         "--set",
         dest="overrides",
@@ -73,20 +86,56 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
+    if args.command == "run" and args.resume is not None:
+        if args.config is not None or args.out is not None:
+            raise ConfigError("--resume RUN_DIR takes its config and run folder from RUN_DIR")
+        return _load_run_folder(args.resume, list(args.overrides))
+    if args.command == "run" and args.config is None:
+        raise ConfigError("give a job config (e.g. configs/tiny.yaml) or --resume RUN_DIR")
     if args.command != "eval":
         cfg = load_config(args.config, args.overrides)
         if getattr(args, "out", None) is not None:
             cfg.output.run_dir = args.out
         return cfg
-    config = args.run_dir / "config.yaml"
-    if not config.is_file():
-        raise ConfigError(f"{args.run_dir} is not a run folder: {config} is missing")
     overrides = list(args.overrides)
     if args.checkpoints:
         overrides.append(f"eval.checkpoints=[{', '.join(args.checkpoints)}]")
+    return _load_run_folder(args.run_dir, overrides)
+
+
+def _load_run_folder(run_dir: Path, overrides: list[str]):
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder: {config} is missing")
     cfg = load_config(config, overrides)
-    cfg.output.run_dir = args.run_dir
+    cfg.output.run_dir = run_dir
     return cfg
+
+
+def stop_on_sigterm() -> Any:
+    """SIGTERM ends a run through the same path as an error (actors shut down, summary.json
+    says ``interrupted``) instead of leaving it ``running`` forever. As a Ray job's entry
+    point, the driver also gets SIGTERM when its parent dies (a killed entry-point shell
+    would otherwise leave it training, orphaned, while Ray reports the job failed)."""
+    from instructray.run_log import Interrupted
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+
+    if threading.current_thread() is not threading.main_thread():
+        return None  # only the main thread handles signals (a test's driver in a thread)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ and sys.platform == "linux":
+        die_with_parent()
+    return previous
+
+
+def die_with_parent() -> None:
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl: the signal will not come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,18 +155,30 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from instructray.orchestrator.pipeline import run_eval, run_job
+    from instructray.orchestrator.pipeline import resume_job, run_eval, run_job
+    from instructray.run_log import Interrupted, RunFolderBusy
 
     started_ray = not ray.is_initialized()
+    previous_handler = stop_on_sigterm()
     try:
-        ctx = run_eval(cfg, cfg.output.run_dir) if args.command == "eval" else run_job(cfg)
-    except ConfigError as err:  # found once the job looks at its inputs, before any training
+        if args.command == "eval":
+            ctx = run_eval(cfg, cfg.output.run_dir)
+        elif args.resume is not None:
+            ctx = resume_job(cfg, cfg.output.run_dir)
+        else:
+            ctx = run_job(cfg)
+    except (ConfigError, RunFolderBusy) as err:  # found before any training
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Interrupted as err:
+        print(f"interrupted: {err}; continue with `instructray run --resume`", file=sys.stderr)
+        return 143
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         if started_ray and ray.is_initialized():
             ray.shutdown()
     done = "eval.json" if args.command == "eval" else "summary.json"

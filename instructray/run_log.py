@@ -3,11 +3,14 @@ and one human-readable line per logged step on the terminal (or the job's log)."
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,11 +72,13 @@ class RunLogger:
         self.warnings: list[dict[str, Any]] = []
         self.previous_status: str | None = None
         """The status of the run this logger continues (keep_summary), else None."""
+        self.resumes: list[dict[str, Any]] = []
         if keep_summary and self.summary_path.exists():
             previous = json.loads(self.summary_path.read_text())
             self.previous_status = previous.get("status")
             self.summaries = {k: StageSummary(**v) for k, v in previous["stages"].items()}
             self.warnings = previous.get("warnings", [])
+            self.resumes = previous.get("resumes", [])
         self._stage_started: dict[str, float] = {}
         self._tb = None
         if tensorboard:
@@ -106,8 +111,10 @@ class RunLogger:
             )
         self.write_summary()
 
-    def start_stage(self, stage: str) -> None:
-        self.summaries[stage] = StageSummary(stage=stage)
+    def start_stage(self, stage: str, keep: bool = False) -> None:
+        """``keep``: a resumed stage continues its summary (first loss, steps so far)."""
+        if not keep or stage not in self.summaries:
+            self.summaries[stage] = StageSummary(stage=stage)
         self._stage_started[stage] = time.perf_counter()
         self.console.rule(f"stage {stage}")
 
@@ -141,6 +148,51 @@ class RunLogger:
             f"loss {summary.first_loss} -> {summary.last_loss} eval {format_metrics(summary.eval)}"
         )
 
+    def record_resume(self, stage: str, after_step: int) -> None:
+        """A resumed run continues ``stage`` after ``after_step`` (0: from its beginning).
+        The lines the interrupted attempt logged past that step move to
+        metrics.discarded.jsonl: kept, but out of the run's one history."""
+        kept, dropped = [], []
+        if self.metrics_path.exists():
+            for line in self.metrics_path.read_text().splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:  # the half-written last line of a killed driver
+                    dropped.append(line)
+                    continue
+                later = row.get("step", 0) > after_step or after_step == 0
+                (dropped if row.get("stage") == stage and later else kept).append(line)
+        if dropped:
+            with (self.run_dir / "metrics.discarded.jsonl").open("a") as f:
+                f.write("".join(line + "\n" for line in dropped))
+            tmp = self.metrics_path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.metrics_path)
+        # The stage's summary so far, from its kept lines (the killed attempt may not have
+        # written summary.json since the stage began).
+        losses = [
+            row["loss"]
+            for row in map(json.loads, kept)
+            if row.get("stage") == stage and row.get("loss") is not None
+        ]
+        self.summaries[stage] = StageSummary(
+            stage=stage,
+            first_loss=losses[0] if losses else None,
+            last_loss=losses[-1] if losses else None,
+            steps=after_step,
+        )
+        self.resumes.append(
+            {
+                "stage": stage,
+                "after_step": after_step,
+                "discarded_lines": len(dropped),
+                "time": time.time(),
+            }
+        )
+        self.write_summary()
+
     def write_summary(self, status: str = "running", error: str | None = None) -> None:
         body = {
             "status": status,
@@ -148,6 +200,8 @@ class RunLogger:
             "stages": {name: asdict(s) for name, s in self.summaries.items()},
             "warnings": self.warnings,
         }
+        if self.resumes:
+            body["resumes"] = self.resumes
         tmp = self.summary_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body, indent=2, allow_nan=False))
         tmp.replace(self.summary_path)
@@ -155,6 +209,40 @@ class RunLogger:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+@contextmanager
+def hold_run_folder(run_dir: Path) -> Iterator[None]:
+    """One driver writes a run folder at a time: an exclusive lock on RUN_DIR/.driver.lock,
+    released by the kernel when the driver exits, even by kill -9."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / ".driver.lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise RunFolderBusy(
+                f"{run_dir} is being written by another driver (pid {holder}); wait for it, "
+                f"or stop it first"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class RunFolderBusy(RuntimeError):
+    pass
+
+
+class Interrupted(BaseException):
+    """A signal stopped the run (SIGTERM from `ray job stop`, or the entry point's parent
+    died): summary.json says ``interrupted``, and `instructray run --resume` continues it."""
 
 
 def read_metrics(run_dir: Path, stage: str | None = None) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -182,13 +182,34 @@ def split_for_ranks(items: Sequence[T], world_size: int) -> list[list[T]]:
     return [list(items[r * per_rank : (r + 1) * per_rank]) for r in range(world_size)]
 
 
-def cycle(items: Sequence[T], seed: int) -> Iterator[T]:
-    """Endless shuffled passes (prompts for PPO, texts for the ptx term)."""
-    if not items:
-        raise ValueError("cannot cycle over an empty dataset")
-    rng = random.Random(seed)
-    while True:
-        order = list(range(len(items)))
-        rng.shuffle(order)
-        for i in order:
-            yield items[i]
+class Cycle(Generic[T]):
+    """Endless shuffled passes (prompts for PPO, texts for the ptx term). ``drawn`` counts the
+    items handed out: ``Cycle(items, seed, drawn)`` continues where a saved run stopped."""
+
+    def __init__(self, items: Sequence[T], seed: int, drawn: int = 0) -> None:
+        if not items:
+            raise ValueError("cannot cycle over an empty dataset")
+        self.items = items
+        self.drawn = 0
+        self._rng = random.Random(seed)
+        self._order: list[int] = []
+        self._next = 0
+        for _ in range(drawn):
+            next(self)
+
+    def __iter__(self) -> Cycle[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self._next == len(self._order):
+            self._order = list(range(len(self.items)))
+            self._rng.shuffle(self._order)
+            self._next = 0
+        item = self.items[self._order[self._next]]
+        self._next += 1
+        self.drawn += 1
+        return item
+
+
+def cycle(items: Sequence[T], seed: int, drawn: int = 0) -> Cycle[T]:
+    return Cycle(items, seed, drawn)

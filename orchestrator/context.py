@@ -195,6 +195,8 @@ class JobContext:
     checkpoints: dict[Stage, Path] = field(default_factory=dict)
     comparisons: list[RankedComparison] | None = None
     """Rankings used by the rm stage (a user file or the simulated labeler's); dpo reuses them."""
+    resuming: bool = False
+    """`instructray run --resume`: the unfinished stage continues from its newest train state."""
 
     def checkpoint_dir(self, name: str) -> Path:
         return self.run_dir / "checkpoints" / name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import traceback
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
+from instructray.actors.group import RoleError
 from instructray.config import ConfigError, JobConfig, Stage, dump_config
 from instructray.models import default_cache_dir, resolve_base_model
 from instructray.models.loading import is_complete
@@ -18,7 +20,7 @@ from instructray.orchestrator.context import JobContext, JobData
 from instructray.orchestrator.roles import init_ray
 from instructray.orchestrator.stages import dpo, lm, ppo, rm
 from instructray.orchestrator.stages import eval as eval_stage
-from instructray.run_log import RunLogger
+from instructray.run_log import Interrupted, RunLogger, hold_run_folder
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -40,9 +42,45 @@ def run_job(cfg: JobConfig, run_dir: Path | None = None) -> JobContext:
     """
     run_dir = Path(run_dir or cfg.output.run_dir)
     refuse_finished_run(run_dir)
-    log = RunLogger(run_dir, tensorboard=cfg.output.tensorboard)
-    dump_config(cfg, run_dir / "config.yaml")
-    return _run_stages(cfg, run_dir, log, cfg.ordered_stages(), {})
+    with hold_run_folder(run_dir):
+        refuse_finished_run(run_dir)  # again: another driver may have started meanwhile
+        log = RunLogger(run_dir, tensorboard=cfg.output.tensorboard)
+        dump_config(cfg, run_dir / "config.yaml")
+        return _run_stages(cfg, run_dir, log, cfg.ordered_stages(), {})
+
+
+def resume_job(cfg: JobConfig, run_dir: Path) -> JobContext:
+    """Continue an interrupted or failed run: finished stages are not rerun (their checkpoints
+    are used), the first unfinished one continues from its newest train state."""
+    with hold_run_folder(run_dir):
+        log = RunLogger(run_dir, tensorboard=cfg.output.tensorboard, keep_summary=True)
+        if log.previous_status == "succeeded":
+            raise ConfigError(f"{run_dir} holds a run that succeeded: there is nothing to resume")
+        log.previous_status = None  # this attempt's outcome decides the run's status
+        found = finished_stages(cfg, run_dir, log)
+        todo = [s for s in cfg.ordered_stages() if s not in found]
+        done = ", ".join(found) or "none"
+        log.info(f"resuming {run_dir}: finished stages {done}; to run {', '.join(todo)}")
+        return _run_stages(cfg, run_dir, log, todo, found, resuming=True)
+
+
+def finished_stages(cfg: JobConfig, run_dir: Path, log: RunLogger) -> dict[Stage, Path]:
+    """The stages of ``cfg`` whose end the run's summary records, with a complete checkpoint
+    (the eval stage: with its eval.json)."""
+    found: dict[Stage, Path] = {}
+    for stage in cfg.ordered_stages():
+        summary = log.summaries.get(stage)
+        if summary is None or summary.wall_time_s == 0:
+            break
+        if stage == "eval":
+            if not (run_dir / "eval.json").is_file():
+                break
+            found[stage] = run_dir / "eval.json"
+        elif summary.checkpoint and is_complete(Path(summary.checkpoint)):
+            found[stage] = Path(summary.checkpoint)
+        else:
+            break
+    return found
 
 
 def refuse_finished_run(run_dir: Path) -> None:
@@ -51,15 +89,22 @@ def refuse_finished_run(run_dir: Path) -> None:
     summary, metrics = run_dir / "summary.json", run_dir / "metrics.jsonl"
     if not (summary.exists() or metrics.exists()):
         return
+    status = None
     try:
         body = json.loads(summary.read_text())
-        held = f"a {body.get('status')} run of stages {', '.join(body.get('stages', {})) or '-'}"
+        status = body.get("status")
+        held = f"a {status} run of stages {', '.join(body.get('stages', {})) or '-'}"
     except (OSError, ValueError):
         held = "the metrics of an earlier run"
+    again = (
+        f"evaluate it again with `instructray eval {run_dir}`"
+        if status == "succeeded"
+        else f"continue it with `instructray run --resume {run_dir}`"
+    )
     raise ConfigError(
         f"{run_dir} already holds {held}; a new run there would mix its metrics and "
         f"checkpoints with that one's. Give another run folder (--out, or make demo "
-        f"RUN_DIR=...), delete this one, or evaluate it again with `instructray eval {run_dir}`"
+        f"RUN_DIR=...), delete this one, or {again}"
     )
 
 
@@ -71,8 +116,32 @@ def run_eval(cfg: JobConfig, run_dir: Path) -> JobContext:
         path = run_dir / "checkpoints" / stage
         if is_complete(path):
             found[stage] = path
-    log = RunLogger(run_dir, tensorboard=False, keep_summary=True)
-    return _run_stages(cfg, run_dir, log, ["eval"], found)
+    with hold_run_folder(run_dir):
+        log = RunLogger(run_dir, tensorboard=False, keep_summary=True)
+        return _run_stages(cfg, run_dir, log, ["eval"], found)
+
+
+def run_with_restarts(ctx: JobContext, stage: Stage) -> Path:
+    """Run ``stage``; when one of its actors dies, run it again from its newest train state
+    (all of its actors start anew), at most ``ray.max_stage_restarts`` times."""
+    limit = ctx.cfg.ray.max_stage_restarts
+    for restart in itertools.count(1):
+        try:
+            return STAGES[stage](ctx)
+        except RoleError as err:
+            if not err.died or restart > limit:
+                raise
+            step = ctx.log.summaries[stage].steps if stage in ctx.log.summaries else 0
+            ctx.log.warn(
+                stage,
+                step,
+                "actor_died",
+                f"{err}; restart {restart} of {limit}: the stage's actors start again from "
+                f"its newest train state",
+                key=str(restart),
+            )
+            ctx.resuming = True
+    raise AssertionError("unreachable")
 
 
 def check_checkpoints(cfg: JobConfig) -> None:
@@ -103,7 +172,12 @@ def check_model_shape(cfg: JobConfig, stages: list[Stage], base: Path) -> None:
 
 
 def _run_stages(
-    cfg: JobConfig, run_dir: Path, log: RunLogger, stages: list[Stage], found: dict[Stage, Path]
+    cfg: JobConfig,
+    run_dir: Path,
+    log: RunLogger,
+    stages: list[Stage],
+    found: dict[Stage, Path],
+    resuming: bool = False,
 ) -> JobContext:
     current: Stage | None = None
     try:
@@ -116,16 +190,20 @@ def _run_stages(
         data = JobData(cfg)
         data.check_files(stages)
         init_ray(cfg)
-        ctx = JobContext(cfg=cfg, run_dir=run_dir, log=log, base_model=base, data=data)
+        ctx = JobContext(
+            cfg=cfg, run_dir=run_dir, log=log, base_model=base, data=data, resuming=resuming
+        )
         ctx.checkpoints.update(found)
         for stage in stages:
             current = stage
-            log.start_stage(stage)
-            ctx.checkpoints[stage] = STAGES[stage](ctx)
+            log.start_stage(stage, keep=resuming)
+            ctx.checkpoints[stage] = run_with_restarts(ctx, stage)
+            ctx.resuming = False  # only the first stage run continues an earlier attempt
     except BaseException as err:
         # A later evaluation that fails does not make the training run it measured fail.
-        status = log.previous_status or "failed"
-        where = f"{current} stage failed: " if current else ""
+        stopped = isinstance(err, (Interrupted, KeyboardInterrupt))
+        status = log.previous_status or ("interrupted" if stopped else "failed")
+        where = f"{current} stage {'interrupted' if stopped else 'failed'}: " if current else ""
         # Ray colours the actor prefixes of its errors for terminals; summary.json is no terminal.
         message = ANSI_ESCAPE.sub("", f"{where}{type(err).__name__}: {err}")
         log.write_summary(status=status, error=message)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from instructray.actors.group import ActorGroup, wait
+from instructray.actors.group import ActorGroup, resolved, wait
 from instructray.algorithms import (
     AdaptiveKLController,
     FixedKLController,
@@ -33,6 +33,15 @@ from instructray.orchestrator.weight_sync import choose_weight_sync
 from instructray.training.guard import check_finite
 
 Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class PendingRollout:
+    refs: list[Any]
+    """The engines' results, one ref per engine."""
+    group_ids: torch.Tensor
+    version: int
+    """The policy version (weight syncs so far) the engines sampled with."""
 
 
 @dataclass
@@ -97,15 +106,45 @@ class PPOCoordinator:
         self.prompts = cycle(prompts, seed)
         self.ptx_texts = cycle(ptx_texts, seed + 1) if cfg.ptx_coef > 0 and ptx_texts else None
         self.generator = torch.Generator().manual_seed(seed)
-        self.pending: deque[tuple[list[Any], torch.Tensor]] = deque()
+        self.policy_version = 0
+        """Weight syncs so far: the version of the policy the engines sample from."""
+        self.pending: deque[PendingRollout] = deque()
         """Rollout batches already being generated (async mode), oldest first."""
+
+    # -- train state (see orchestrator.resume) -------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What continues this loop exactly after a restart; the roles save their own."""
+        return {
+            "kl_coef": self.kl_ctl.value,
+            "prompts_drawn": self.prompts.drawn,
+            "ptx_drawn": self.ptx_texts.drawn if self.ptx_texts is not None else 0,
+            "minibatch_generator": self.generator.get_state(),
+            "policy_version": self.policy_version,
+            # Async mode: the rollouts generated for later iterations are saved (waited for,
+            # not dropped), so the resumed run trains on what the uninterrupted one would.
+            "pending": [(wait(p.refs), p.group_ids, p.version) for p in self.pending],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.kl_ctl.value = state["kl_coef"]
+        self.prompts = cycle(self.prompts.items, self.seed, state["prompts_drawn"])
+        if self.ptx_texts is not None:
+            self.ptx_texts = cycle(self.ptx_texts.items, self.seed + 1, state["ptx_drawn"])
+        self.generator.set_state(state["minibatch_generator"])
+        self.policy_version = state["policy_version"]
+        self.pending = deque(
+            PendingRollout(resolved(results), group_ids, version)
+            for results, group_ids, version in state["pending"]
+        )
 
     # -- one iteration ------------------------------------------------------------------------
     def train_step(self, iteration: int) -> dict[str, float]:
         clock, timings = Stopwatch(), {}
 
-        rollout, group_ids = self.next_rollout(iteration)
+        rollout, group_ids, sampled_by = self.next_rollout(iteration)
         timings["time_generate"] = clock.lap()
+        # Weight syncs between sampling and training this batch (async: up to the queue length).
+        staleness = float(self.policy_version - sampled_by)
 
         exp = self.make_experience(rollout, group_ids)
         timings["time_score"] = clock.lap()
@@ -119,6 +158,7 @@ class PPOCoordinator:
 
         sync_info = self.sync_weights()
         timings["time_sync"] = clock.lap()
+        self.policy_version += 1
 
         mask = exp.action_mask
         kl_per_sample = masked_sum(exp.kl, mask, dim=-1)
@@ -128,6 +168,7 @@ class PPOCoordinator:
             "reward_std": exp.scores.std().item() if len(exp) > 1 else 0.0,
             "kl": kl_per_sample.mean().item(),
             "kl_coef": self.kl_ctl.value,
+            "rollout_staleness": staleness,
             "response_length": mask.sum(-1).float().mean().item(),
             "return_mean": masked_mean(exp.returns, mask).item(),
             **train_metrics,
@@ -146,7 +187,7 @@ class PPOCoordinator:
         return metrics
 
     # -- the pieces ---------------------------------------------------------------------------
-    def launch_generation(self, iteration: int) -> tuple[list[Any], torch.Tensor]:
+    def launch_generation(self, iteration: int) -> PendingRollout:
         """Start sampling the next prompts on every engine (prompts split between engines)."""
         cfg = self.cfg
         prompts = [next(self.prompts) for _ in range(cfg.rollout_batch_size)]
@@ -159,20 +200,21 @@ class PPOCoordinator:
             self.seed * 100003 + iteration,
         )
         group_ids = torch.arange(len(prompts)).repeat_interleave(cfg.samples_per_prompt)
-        return refs, group_ids
+        return PendingRollout(refs, group_ids, self.policy_version)
 
-    def next_rollout(self, iteration: int) -> tuple[Batch, torch.Tensor]:
+    def next_rollout(self, iteration: int) -> tuple[Batch, torch.Tensor, int]:
         """This iteration's rollouts. In async mode up to ``async_queue`` later batches are
-        already being generated (with the weights of their launch time) while we train."""
+        already being generated (with the weights of their launch time) while we train.
+        Also returns the policy version the batch was sampled with."""
         if not self.pending:
             self.pending.append(self.launch_generation(iteration))
-        refs, group_ids = self.pending.popleft()
+        batch = self.pending.popleft()
         while len(self.pending) < self.cfg.async_queue:
             self.pending.append(self.launch_generation(iteration + 1 + len(self.pending)))
-        rollout = merge_rollouts(wait(refs), self.tokenizer.pad_token_id)
+        rollout = merge_rollouts(wait(batch.refs), self.tokenizer.pad_token_id)
         if self.colocate:
             self.roles.rollout.call(lambda a, _r: a.sleep.remote())
-        return rollout, group_ids
+        return rollout, batch.group_ids, batch.version
 
     def make_experience(self, rollout: Batch, group_ids: torch.Tensor) -> Experience:
         """Score the rollouts on every model at once, then shape rewards and advantages."""

@@ -121,9 +121,27 @@ class ResourcesConfig(Section):
 class RayConfig(Section):
     address: str | None = Field(None, description="Ray cluster address; None starts a local one.")
     num_cpus: PositiveInt | None = Field(None, description="CPUs of a local cluster.")
+    max_stage_restarts: Annotated[int, Field(ge=0)] = Field(
+        2,
+        description="When an actor's process dies (OOM kill, lost node), the stage stops "
+        "all its actors and starts them again from its newest train state, at most this "
+        "many times; then the job fails. A method that raises (NaN, a bug) is not retried.",
+    )
 
 
 class OutputConfig(Section):
     run_dir: Path = Path("runs/latest")
     cache_dir: Path | None = Field(None, description="Built base models; default ~/.cache.")
     tensorboard: bool = True
+    train_state_every: Annotated[int, Field(ge=0)] = Field(
+        25,
+        description="Save a resumable train state (RUN_DIR/train_state/<stage>/) every N steps "
+        "of a stage (PPO iterations; optimizer steps of the supervised stages); "
+        "`instructray run --resume RUN_DIR` continues from the newest. 0: never (a resume "
+        "then restarts the unfinished stage).",
+    )
+    train_states_kept: PositiveInt = Field(
+        1,
+        description="Newest train states kept per stage (each holds weights and optimizer "
+        "state of every trainable role: about 12 bytes per parameter in fp32).",
+    )

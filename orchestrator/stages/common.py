@@ -14,6 +14,7 @@ import torch
 from instructray.actors.group import ActorGroup
 from instructray.orchestrator.batching import epoch_batches, num_batches, split_for_ranks
 from instructray.orchestrator.context import JobContext
+from instructray.orchestrator.resume import StageResume
 
 Encode = Callable[[list[Any]], dict[str, torch.Tensor]]
 
@@ -47,22 +48,34 @@ def train_epochs(
     *common: Any,
     steps_before: int = 0,
     steps_total: int | None = None,
+    resume: StageResume | None = None,
+    evals: dict[str, Any] | None = None,
 ) -> int:
     """One optimizer step per batch of ``batch_size`` items for ``epochs`` passes, a metrics
     line per step (with throughput: tokens/s when the actor counts tokens). A stage that
     trains in phases numbers its steps on from ``steps_before`` out of ``steps_total``.
+
+    With ``resume``, the steps up to ``resume.step`` (done before an interruption) are skipped
+    (the batch order is a function of the seed, so the data position is the step) and a train
+    state of ``group`` is saved when due, with ``evals``: what the stage measured so far.
     Returns the last step number."""
     total = steps_total or num_batches(len(items), batch_size, epochs)
     clock = Stopwatch()
     step = steps_before
     batches = epoch_batches(items, batch_size, epochs, ctx.cfg.seed)
     for step, batch in enumerate(batches, steps_before + 1):
+        if resume is not None and step <= resume.step:
+            continue
         metrics = run_sharded(group, method, encode, batch, *common)
         elapsed = max(clock.lap(), 1e-9)
         if "tokens" in metrics:
             metrics["tokens_per_s"] = metrics.pop("tokens") * group.world_size / elapsed
         metrics["examples_per_s"] = batch_size / elapsed
         ctx.log.log(stage, step, metrics, total)
+        if resume is not None and resume.due(step, total):
+            saved = resume.save(step, {group.placement.name: group}, {"evals": evals or {}})
+            ctx.log.info(f"[{stage}] train state saved: {saved}")
+            clock.lap()  # the save is not the next step's time
     return step
 
 

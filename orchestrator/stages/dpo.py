@@ -14,6 +14,7 @@ from instructray.orchestrator.batching import (
     split_for_ranks,
 )
 from instructray.orchestrator.context import JobContext, split_eval
+from instructray.orchestrator.resume import StageResume
 from instructray.orchestrator.roles import engine_spec, role_size, solo_threads, start_causal_lm
 from instructray.orchestrator.stages.common import mean_over_ranks, save, train_epochs
 from instructray.orchestrator.stages.rm import comparisons_for
@@ -45,6 +46,7 @@ def run(ctx: JobContext) -> Path:
         f"{scfg.loss_type} loss, policy and reference from {init}"
     )
     # The reference scores each batch before the policy trains on it: never both at once.
+    resume = StageResume.open(ctx, "dpo")
     reference = start_causal_lm(cfg, "reference", str(init), None, solo_threads(cfg, "reference"))
     policy = start_causal_lm(cfg, "policy", str(init), spec, solo_threads(cfg, "policy"))
     try:
@@ -55,7 +57,10 @@ def run(ctx: JobContext) -> Path:
         def evaluate() -> dict[str, float]:
             return mean_over_ranks(policy.map(lambda a: a.eval_dpo, held_batches, scfg))
 
-        before = evaluate()
+        evals = resume.load_evals(policy)
+        if "before" not in evals:
+            evals["before"] = evaluate()
+        before = evals["before"]
         train_epochs(
             ctx,
             "dpo",
@@ -66,6 +71,8 @@ def run(ctx: JobContext) -> Path:
             lambda part: _with_reference(reference, encode(part)),
             lambda a: a.train_dpo,
             scfg,
+            resume=resume,
+            evals=evals,
         )
         after = evaluate()
         checkpoint = save(ctx, policy, "dpo")

@@ -10,6 +10,7 @@ from instructray.config import LMStageConfig
 from instructray.data import SFTExample, TextExample
 from instructray.orchestrator.batching import lm_batch
 from instructray.orchestrator.context import JobContext, split_eval
+from instructray.orchestrator.resume import StageResume
 from instructray.orchestrator.roles import engine_spec, role_size, solo_threads, start_causal_lm
 from instructray.orchestrator.stages.common import run_sharded, save, train_epochs
 
@@ -42,11 +43,24 @@ def run(ctx: JobContext, stage: LMStage) -> Path:
     def encode(part: list) -> dict:
         return lm_batch(tokenizer, part, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
 
+    resume = StageResume.open(ctx, stage)
     group = start_causal_lm(cfg, "policy", str(init), spec, solo_threads(cfg, "policy"))
     try:
-        eval_before = run_sharded(group, lambda a: a.eval_lm, encode, held_out)["loss"]
+        evals = resume.load_evals(group)
+        if "loss_before" not in evals:
+            evals["loss_before"] = run_sharded(group, lambda a: a.eval_lm, encode, held_out)["loss"]
+        eval_before = evals["loss_before"]
         train_epochs(
-            ctx, stage, group, train, scfg.batch_size, scfg.epochs, encode, lambda a: a.train_lm
+            ctx,
+            stage,
+            group,
+            train,
+            scfg.batch_size,
+            scfg.epochs,
+            encode,
+            lambda a: a.train_lm,
+            resume=resume,
+            evals=evals,
         )
         eval_after = run_sharded(group, lambda a: a.eval_lm, encode, held_out)["loss"]
         checkpoint = save(ctx, group, stage)

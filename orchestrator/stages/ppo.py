@@ -14,6 +14,7 @@ from instructray.orchestrator.context import JobContext
 from instructray.orchestrator.measure import RewardSource
 from instructray.orchestrator.monitor import PPOMonitor
 from instructray.orchestrator.ppo import PPOCoordinator, PPORoles
+from instructray.orchestrator.resume import StageResume
 from instructray.orchestrator.roles import (
     engine_spec,
     role_size,
@@ -89,14 +90,31 @@ def run(ctx: JobContext) -> Path:
             cfg.seed,
         )
         ctx.log.info(f"[ppo] weight sync into the engines: {coordinator.weight_sync.transport}")
-        monitor = start_monitor(ctx, roles, reward, tokenizer)
-        history = []
-        for iteration in range(1, scfg.iterations + 1):
+        resume = StageResume.open(ctx, "ppo")
+        trainable = {"policy": roles.policy} | ({"critic": roles.critic} if roles.critic else {})
+        history: list[dict[str, float]] = []
+        monitor = start_monitor(ctx, roles, reward, tokenizer, baseline=resume.step == 0)
+        if resume.step:
+            saved = resume.load(trainable)
+            coordinator.load_state_dict(saved["coordinator"])
+            history = saved["history"]
+            if monitor is not None:
+                monitor.detector = saved["monitor"]
+            coordinator.sync_weights()  # the engines started with the SFT weights
+        for iteration in range(resume.step + 1, scfg.iterations + 1):
             metrics = coordinator.train_step(iteration)
             if monitor is not None and monitor.due(iteration, scfg.iterations):
                 metrics |= observe(ctx, monitor, iteration)
             history.append(metrics)
             ctx.log.log("ppo", iteration, metrics, scfg.iterations)
+            if resume.due(iteration, scfg.iterations):
+                driver = {
+                    "coordinator": coordinator.state_dict(),
+                    "history": history,
+                    "monitor": monitor.detector if monitor is not None else None,
+                }
+                saved_to = resume.save(iteration, trainable, driver)
+                ctx.log.info(f"[ppo] train state saved: {saved_to}")
         checkpoint = save(ctx, roles.policy, "ppo")
         if roles.critic is not None:
             save(ctx, roles.critic, "ppo_critic")
@@ -120,9 +138,10 @@ def run(ctx: JobContext) -> Path:
 
 
 def start_monitor(
-    ctx: JobContext, roles: PPORoles, reward: RewardSource, tokenizer: Any
+    ctx: JobContext, roles: PPORoles, reward: RewardSource, tokenizer: Any, baseline: bool = True
 ) -> PPOMonitor | None:
-    """The reward-hacking monitor, with its baseline observation of the SFT policy."""
+    """The reward-hacking monitor, with its baseline observation of the SFT policy (a resumed
+    stage restores the saved one instead)."""
     cfg, mcfg = ctx.cfg, ctx.cfg.ppo.monitor
     if mcfg.every == 0:
         return None
@@ -143,8 +162,8 @@ def start_monitor(
         f"[ppo] reward-hacking monitor: {len(monitor.prompts)} held-out prompts every "
         f"{mcfg.every} iterations; gold judges: {names}"
     )
-    # Step 0 is the SFT policy before any update: the baseline of every later observation.
-    ctx.log.log("ppo", 0, observe(ctx, monitor, 0), cfg.ppo.iterations)
+    if baseline:  # step 0 is the SFT policy before any update: every later one compares to it
+        ctx.log.log("ppo", 0, observe(ctx, monitor, 0), cfg.ppo.iterations)
     return monitor
 
 

@@ -11,7 +11,13 @@ import torch
 
 from instructray.actors.group import ActorGroup
 from instructray.config import SamplingConfig
-from instructray.data import RankedComparison, SimulatedLabeler, agreement, write_preferences
+from instructray.data import (
+    RankedComparison,
+    SimulatedLabeler,
+    agreement,
+    read_preferences,
+    write_preferences,
+)
 from instructray.orchestrator.batching import (
     lm_batch,
     num_batches,
@@ -20,6 +26,7 @@ from instructray.orchestrator.batching import (
     split_for_ranks,
 )
 from instructray.orchestrator.context import JobContext, split_eval
+from instructray.orchestrator.resume import StageResume
 from instructray.orchestrator.roles import (
     engine_spec,
     role_size,
@@ -122,7 +129,13 @@ def normalize_on_demonstrations(ctx: JobContext, group: ActorGroup, tokenizer) -
 
 def comparisons_for(ctx: JobContext) -> list[RankedComparison]:
     if ctx.comparisons is None:
-        ctx.comparisons = ctx.data.user_preferences() or label_sft_samples(ctx)
+        labeled = ctx.run_dir / "data" / "comparisons.jsonl"
+        if ctx.resuming and labeled.is_file():
+            # The interrupted attempt's labels (written whole, before training on them):
+            # labeling again would cost minutes.
+            ctx.comparisons = read_preferences(labeled)
+        else:
+            ctx.comparisons = ctx.data.user_preferences() or label_sft_samples(ctx)
     return ctx.comparisons
 
 
@@ -161,9 +174,13 @@ def run(ctx: JobContext) -> Path:
     phases.append(("labeled rankings", train, scfg.epochs))
     total = sum(num_batches(len(items), scfg.batch_size, epochs) for _, items, epochs in phases)
     after_pmp: dict[str, float] = {}
+    resume = StageResume.open(ctx, "rm")
     group = start_value_model(cfg, "reward", str(init), spec, solo_threads(cfg, "reward"))
     try:
-        before = run_sharded(group, lambda a: a.eval_rm, encode, held_out)
+        evals = resume.load_evals(group)
+        if "before" not in evals:
+            evals["before"] = run_sharded(group, lambda a: a.eval_rm, encode, held_out)
+        before = evals["before"]
         step = 0
         for what, items, epochs in phases:
             ctx.log.info(f"[rm] training on {len(items)} {what} for {epochs:g} epochs")
@@ -178,9 +195,13 @@ def run(ctx: JobContext) -> Path:
                 lambda a: a.train_rm,
                 steps_before=step,
                 steps_total=total,
+                resume=resume,
+                evals=evals,
             )
             if items is pmp:
-                after_pmp = run_sharded(group, lambda a: a.eval_rm, encode, held_out)
+                if "after_pmp" not in evals:
+                    evals["after_pmp"] = run_sharded(group, lambda a: a.eval_rm, encode, held_out)
+                after_pmp = evals["after_pmp"]
                 ctx.log.info(
                     f"[rm] held-out accuracy after pre-training {after_pmp['accuracy']:.3f}"
                 )

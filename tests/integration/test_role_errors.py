@@ -34,10 +34,12 @@ def test_a_failing_or_dead_rank_is_named_by_role_and_rank(ray_cluster: None) -> 
         assert critic.map(lambda a: a.echo, [3, 4]) == [3, 4]
         with pytest.raises(
             RoleError, match=r"^critic \(rank 1 of 2\) failed: ValueError: a NaN in the batch$"
-        ):
+        ) as failed:
             critic.call(lambda a, _r: a.fail_on_rank_1.remote())
-        with pytest.raises(RoleError, match=r"^critic \(rank [01] of 2\) died: "):
+        assert not failed.value.died  # a method's error is not retried by a restart
+        with pytest.raises(RoleError, match=r"^critic \(rank [01] of 2\) died: ") as died:
             wait(critic.submit(lambda a, _r: a.die.remote()))
+        assert died.value.died
         assert dict(group_module._OWNER) == pending_before  # nothing kept for collected results
     finally:
         critic.shutdown()

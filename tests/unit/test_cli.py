@@ -33,9 +33,14 @@ def fake_run_job(monkeypatch):
         seen.append(cfg)
         return types.SimpleNamespace(run_dir=run_dir)
 
+    def resume_job(cfg: JobConfig, run_dir: Path):
+        seen.append(cfg)
+        return types.SimpleNamespace(run_dir=run_dir)
+
     module = types.ModuleType("instructray.orchestrator.pipeline")
     module.run_job = run_job
     module.run_eval = run_eval
+    module.resume_job = resume_job
     monkeypatch.setitem(sys.modules, "instructray.orchestrator.pipeline", module)
     return seen
 
@@ -128,3 +133,28 @@ def test_eval_of_a_folder_without_a_run(capsys, fake_run_job, tmp_path):
     assert cli.main(["eval", str(tmp_path)]) == 2
     assert fake_run_job == []
     assert f"{tmp_path} is not a run folder" in capsys.readouterr().err
+
+
+def test_resume_reads_the_run_folders_config(fake_run_job, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("name: was-run\nseed: 3\n")
+    assert cli.main(["run", "--resume", str(run_dir), "--set", "ppo.iterations=7"]) == 0
+    (cfg,) = fake_run_job
+    assert (cfg.name, cfg.seed, cfg.ppo.iterations) == ("was-run", 3, 7)
+    assert cfg.output.run_dir == run_dir
+    assert capsys.readouterr().out.strip() == f"done: {run_dir}/summary.json"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run"], "give a job config"),
+        (["run", "configs/tiny.yaml", "--resume", "runs/x"], "takes its config and run folder"),
+        (["run", "--resume", "no/such/run"], "no/such/run is not a run folder"),
+    ],
+)
+def test_resume_misuse_is_refused(fake_run_job, capsys, argv, message):
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert fake_run_job == []
