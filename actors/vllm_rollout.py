@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
 
+import psutil
 import torch
 
 from instructray.actors.base import RankActor
@@ -18,6 +23,27 @@ from instructray.rollout.weights import bucketize, pack, state_bytes
 from instructray.training.forward import Batch
 
 EXTENSION = "instructray.rollout.vllm_ext.WeightSyncExtension"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exit_if_engine_dead(method: F) -> F:
+    """vLLM's engine core runs in a child process; when it dies, every later call fails the
+    same way. The actor exits instead, so Ray reports it dead and the stage restarts it (an
+    error raised by a method is a bug, never retried)."""
+
+    @wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            return method(self, *args, **kwargs)
+        except EngineDeadError as err:
+            print(f"vLLM engine core died ({err}); exiting the rollout actor", flush=True)
+            os._exit(1)
+
+    return call  # type: ignore[return-value]
 
 
 class VLLMRolloutActor(RankActor):
@@ -40,8 +66,26 @@ class VLLMRolloutActor(RankActor):
             # what the trainer computes for π_old and TIS.
             logprobs_mode="processed_logprobs",
         )
+        self._closing = False
+        threading.Thread(target=self._watch_engine_processes, daemon=True).start()
+
+    def _watch_engine_processes(self, period_s: float = 1.0) -> None:
+        """A generate() in flight when the engine core is killed waits for it forever; this
+        thread exits the actor instead, so Ray reports it dead within seconds."""
+        watched = psutil.Process().children(recursive=True)
+        while not self._closing:
+            time.sleep(period_s)
+            for proc in watched:
+                try:
+                    gone = not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+                except psutil.NoSuchProcess:
+                    gone = True
+                if gone and not self._closing:
+                    print(f"vLLM process {proc.pid} is gone; exiting the rollout actor", flush=True)
+                    os._exit(1)
 
     @torch.no_grad()
+    @exit_if_engine_dead
     def generate(
         self, prompts: list[list[int]], sampling: SamplingConfig, n: int, seed: int
     ) -> Batch:
@@ -95,6 +139,7 @@ class VLLMRolloutActor(RankActor):
             "rollout_logprobs": rollout_logprobs,
         }
 
+    @exit_if_engine_dead
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> dict[str, float]:
         """Stream the new weights into the engine's workers in buckets, then drop cached
         prefixes (their KV was computed by the old weights)."""
@@ -109,6 +154,7 @@ class VLLMRolloutActor(RankActor):
         total = sum(state_bytes(b) for b in buckets)
         return {"sync_seconds": seconds, "sync_bytes": float(total), "sync_buckets": len(buckets)}
 
+    @exit_if_engine_dead
     def load_weights_file(self, path: str) -> dict[str, float]:
         """Reload from a safetensors file on this node (shared memory): every worker maps the
         file and copies tensor by tensor, so nothing is serialised or sent."""
@@ -127,14 +173,17 @@ class VLLMRolloutActor(RankActor):
         llm = getattr(self, "llm", None)
         if llm is None:
             return
+        self._closing = True
         llm.llm_engine.engine_core.shutdown()
         del self.llm
         gc.collect()
 
+    @exit_if_engine_dead
     def sleep(self) -> None:
         """Release weights and KV cache from the GPU while colocated trainers run (level 1
         keeps a host copy of the weights). vLLM on CPU ignores sleep mode."""
         self.llm.sleep(level=1)
 
+    @exit_if_engine_dead
     def wake_up(self) -> None:
         self.llm.wake_up()
