@@ -9,7 +9,7 @@ ENGINE ?= cpu
 RUN_DIR ?= runs/demo
 STAMP := $(VENV)/.installed-$(ENGINE)
 
-.PHONY: setup browser demo demo-tiny test test-fast lint bench clean
+.PHONY: setup browser postgres demo demo-tiny test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -36,7 +36,11 @@ demo-tiny: setup
 browser:
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-test: lint browser
+# Debian's PostgreSQL: the API's database tests start a throw-away server of it (tests/api/postgres.py).
+postgres:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
+test: lint browser postgres
 	# A DeepSpeed op-build lock left by a killed process would hang every later job.
 	find $${HOME}/.cache/torch_extensions -name lock -mmin +10 -delete 2>/dev/null || true
 	$(VENV)/bin/pytest tests

@@ -1,5 +1,5 @@
-"""What the eval stage leaves in a run folder: eval.json, report/ (HTML and plots), and the
-reward-hacking warnings of summary.json.
+"""What the eval stage leaves in a run folder: eval.json, report/ (HTML and plots); and what
+summary.json says beyond stages: reward-hacking warnings, stage restarts, resumes.
 
 Report files are the job's own output, so they are served confined: only plain files directly
 in RUN_DIR/report (no subfolders, no dotfiles, no symlinks, neither for the folder nor the file,
@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 from pydantic import BaseModel, ValidationError
 
-from instructray.api.schemas import HackingWarning, Verdict
+from instructray.api.schemas import HackingWarning, Resume, StageRestart, Verdict
 
 log = logging.getLogger("instructray.api")
 EVAL_FILE = "eval.json"
@@ -41,6 +41,7 @@ REPORT_HEADERS = {
 }
 TEXT_TYPES = {".html": "text/html", ".htm": "text/html", ".css": "text/css", ".txt": "text/plain"}
 _CACHED_EVALS = 64
+RESTART_KIND = "actor_died"  # a summary.json warning that is about the run, not reward hacking
 _NOFOLLOW = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -88,12 +89,28 @@ def _valid(model: type[BaseModel], value: Any) -> dict[str, Any] | None:
     return value
 
 
-def warnings_of(summary: dict | None) -> list[dict[str, Any]]:
-    """The reward-hacking warnings of summary.json ([] for runs from before they existed)."""
-    found = (summary or {}).get("warnings")
+def _list_of(model: type[BaseModel], summary: dict | None, key: str) -> list[dict[str, Any]]:
+    found = (summary or {}).get(key)
     if not isinstance(found, list):
         return []
-    return [w for w in found if _valid(HackingWarning, w) is not None]
+    return [item for item in found if _valid(model, item) is not None]
+
+
+def warnings_of(summary: dict | None) -> list[dict[str, Any]]:
+    """The reward-hacking warnings of summary.json ([] for runs from before they existed)."""
+    found = _list_of(HackingWarning, summary, "warnings")
+    return [w for w in found if w.get("kind") != RESTART_KIND]
+
+
+def restarts_of(summary: dict | None) -> list[dict[str, Any]]:
+    """summary.json's warnings of stages restarted in-process after an actor died."""
+    found = _list_of(StageRestart, summary, "warnings")
+    return [w for w in found if w.get("kind") == RESTART_KIND]
+
+
+def resumes_of(summary: dict | None) -> list[dict[str, Any]]:
+    """summary.json's ``resumes``: where each `instructray run --resume` continued."""
+    return _list_of(Resume, summary, "resumes")
 
 
 def verdicts_of(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:

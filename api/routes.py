@@ -275,7 +275,36 @@ async def get_logs(
 def cancel_job(job_id: str, service: Service) -> Accepted:
     """Ask Ray to stop the job; it turns `cancelled` once Ray reports it stopped."""
     rec = service.request_cancel(job_id)
-    return Accepted(id=rec.id, status=rec.status, cancel_requested=True, links=job_links(rec.id))
+    return Accepted(
+        id=rec.id,
+        status=rec.status,
+        cancel_requested=True,
+        attempt=rec.attempt,
+        links=job_links(rec.id),
+    )
+
+
+@router.post(
+    "/jobs/{job_id}/resume",
+    status_code=202,
+    response_model=Accepted,
+    dependencies=MUTATING,
+    responses={
+        **{k: ERRORS[k] for k in (401, 403, 404)},
+        409: {
+            "model": ErrorBody,
+            "description": "The job is queued, pending, running or succeeded, or its run folder "
+            "cannot be resumed; says which",
+        },
+    },
+)
+def resume_job(job_id: str, service: Service) -> Accepted:
+    """Continue a failed or cancelled job from its run folder: it is queued again and runs
+    `instructray run --resume RUN_DIR` on Ray as its next attempt (Ray submission id
+    `<id>-resume<N>`); finished stages are skipped, the unfinished one continues from its
+    newest train state."""
+    rec = service.request_resume(job_id)
+    return Accepted(id=rec.id, status=rec.status, attempt=rec.attempt, links=job_links(rec.id))
 
 
 @router.get("/presets", summary="Preset names usable as {'preset': NAME}")

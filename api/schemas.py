@@ -75,6 +75,9 @@ class JobSummary(BaseModel):
     step: int | None = None
     cancel_requested: bool
     error: str | None = None
+    attempt: int = Field(
+        0, description="0: the first run on Ray; N: the Nth resume (POST /jobs/{id}/resume)."
+    )
 
 
 class HackingWarning(BaseModel):
@@ -87,6 +90,30 @@ class HackingWarning(BaseModel):
     kind: str | None = Field(None, description="`token_explosion` or `proxy_up_gold_down`.")
     message: str
     detail: dict[str, Any] | None = Field(None, description="The numbers behind the message.")
+
+
+class StageRestart(BaseModel):
+    """An actor died and its stage started again in the same run, from its newest train state
+    (summary.json `warnings` of kind `actor_died`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    stage: str | None = None
+    step: int | None = None
+    message: str
+
+
+class Resume(BaseModel):
+    """Where a resumed run continued (summary.json `resumes`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    stage: str
+    after_step: int = Field(description="Steps of the stage kept (0: it started again).")
+    discarded_lines: int | None = Field(
+        None, description="metrics.jsonl lines past that step, moved to metrics.discarded.jsonl."
+    )
+    time: float | None = Field(None, description="Seconds since the epoch.")
 
 
 class Verdict(BaseModel):
@@ -113,6 +140,16 @@ class JobDetail(JobSummary):
     config: dict[str, Any]
     warnings: list[HackingWarning] = Field(
         default_factory=list, description="Reward-hacking warnings of summary.json."
+    )
+    ray_submission_id: str = Field(description="The Ray job of the current attempt.")
+    run_status: str | None = Field(
+        None,
+        description="summary.json's status, as the latest attempt's driver left it: running, "
+        "succeeded, failed or interrupted (stopped by a signal; resumable).",
+    )
+    resumes: list[Resume] = Field(default_factory=list, description="summary.json `resumes`.")
+    restarts: list[StageRestart] = Field(
+        default_factory=list, description="Stages restarted in-process after an actor died."
     )
     evaluation: dict[str, Verdict] | None = Field(
         None, description="eval.json's verdict per checkpoint; null until the job has one."
@@ -210,6 +247,7 @@ class Accepted(BaseModel):
     id: str
     status: Status
     cancel_requested: bool = False
+    attempt: int = Field(0, description="0: the first run on Ray; N: the Nth resume.")
     links: dict[str, str] = Field(default_factory=dict)
 
 

@@ -46,6 +46,11 @@ class Settings(BaseModel):
         default_factory=dict, description="Extra environment variables of every job's driver."
     )
     poll_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    max_running_jobs: Annotated[int, Field(ge=0)] | None = Field(
+        None,
+        description="Jobs on Ray (pending or running) at once; the rest stay queued, oldest "
+        "first. None or 0: no limit.",
+    )
     threads: Annotated[int, Field(ge=1, le=200)] = Field(
         8, description="Worker threads for request handlers (anyio's default is 40)."
     )
@@ -67,7 +72,9 @@ class Settings(BaseModel):
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is None:
                 continue
-            if name == "data_roots":
+            if name == "max_running_jobs" and not raw.strip():
+                values[name] = None
+            elif name == "data_roots":
                 values[name] = [p for p in raw.split(",") if p.strip()]
             elif name == "job_env":
                 values[name] = dict(kv.split("=", 1) for kv in raw.split(",") if "=" in kv)

@@ -12,10 +12,13 @@ from instructray.api.reports import (
     REPORT_INDEX,
     has_report,
     read_eval,
+    restarts_of,
+    resumes_of,
     verdicts_of,
     warnings_of,
 )
 from instructray.api.runfiles import MetricsReader, artifacts, read_summary
+from instructray.api.submission import submission_id
 from instructray.config import STAGE_ORDER
 
 
@@ -52,14 +55,16 @@ def job_summary(rec: JobRecord, reader: MetricsReader, latest: dict | None = Non
         "step": latest.get("step") if latest else None,
         "cancel_requested": rec.cancel_requested,
         "error": rec.error,
+        "attempt": rec.attempt,
     }
 
 
 def job_detail(rec: JobRecord, reader: MetricsReader) -> dict[str, Any]:
     """GET /jobs/{id}: status, stage and step, latest metrics, error, artifacts, config,
-    reward-hacking warnings and the evaluation's verdicts."""
+    reward-hacking warnings, the evaluation's verdicts, attempts (resumes, restarts)."""
     run_dir = Path(rec.run_dir)
     summary = read_summary(run_dir)
+    run_status = (summary or {}).get("status")
     count, latest = reader.tail(run_dir)
     view = job_summary(rec, reader, latest)
     stages = rec.config.get("stages") or []
@@ -80,6 +85,10 @@ def job_detail(rec: JobRecord, reader: MetricsReader) -> dict[str, Any]:
         artifacts=files,
         config=rec.config,
         warnings=warnings_of(summary),
+        ray_submission_id=submission_id(rec.id, rec.attempt),
+        run_status=run_status if isinstance(run_status, str) else None,
+        resumes=resumes_of(summary),
+        restarts=restarts_of(summary),
         evaluation=verdicts_of(evaluation),
         links=links,
     )

@@ -4,6 +4,7 @@
 
 const $ = (sel) => document.querySelector(sel);
 const ACTIVE = new Set(["queued", "pending", "running"]);
+const RESUMABLE = new Set(["failed", "cancelled"]);
 const PAGE = 20;
 const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g; // Ray colours its actor-log prefixes
 const COLORS = ["#3559d6", "#d6553b", "#1f8a4c", "#b7791f", "#8b3fd6", "#178a9e", "#c2338f"];
@@ -39,6 +40,7 @@ const CHARTS = {
 const state = {
   offset: 0, total: 0, filter: "", jobId: null, job: null,
   cursor: 0, t0: null, charts: {}, logSource: null, timer: null, rowWarnings: [],
+  resumes: null, resuming: null,
 };
 
 function token() { return $("#token").value.trim(); }
@@ -90,6 +92,13 @@ async function loadJobs() {
     const b = document.createElement("span");
     badge(b, job.status);
     status.append(b);
+    if (job.attempt) {
+      const attempt = document.createElement("span");
+      attempt.className = "attempt";
+      attempt.textContent = `↻${job.attempt}`;
+      attempt.title = `resumed ${job.attempt}×`;
+      status.append(attempt);
+    }
     const stage = document.createElement("td");
     stage.textContent = job.stage ? `${job.stage} · ${job.step}` : "—";
     const created = document.createElement("td");
@@ -189,6 +198,7 @@ function resetCharts() {
   state.cursor = 0;
   state.t0 = null;
   state.rowWarnings = [];
+  state.resumes = null;
 }
 
 function addRows(rows) {
@@ -225,8 +235,13 @@ function addRows(rows) {
   showWarnings(state.job, state.rowWarnings);
 }
 
-async function pollMetrics() {
+async function pollMetrics(job) {
   const id = state.jobId;
+  // A resume moves the lines its run will write again out of metrics.jsonl before it records
+  // the resume in summary.json: once that shows, read the file again from its start.
+  const resumes = job.resumes.length;
+  if (state.resumes !== null && state.resumes !== resumes) resetCharts();
+  state.resumes = resumes;
   const page = await api(`/jobs/${encodeURIComponent(id)}/metrics?since=${state.cursor}`);
   if (id !== state.jobId) return;
   state.cursor = page.next;
@@ -247,12 +262,27 @@ function showJob(job) {
   $("#d-message").textContent = job.message || "";
   $("#d-error").hidden = !job.error;
   $("#d-error").textContent = job.error || "";
+  $("#d-interrupted").hidden = ACTIVE.has(job.status) || job.run_status !== "interrupted";
+  const attempt = $("#d-attempt");
+  attempt.hidden = !job.attempt;
+  attempt.textContent = `attempt ${job.attempt + 1}`;
+  attempt.title = `Ray job ${job.ray_submission_id}`;
+  $("#d-resumes").textContent = describeResumes(job);
+  const resume = $("#resume-btn");
+  resume.hidden = !RESUMABLE.has(job.status);
+  resume.disabled = state.resuming === job.id;
   const cancel = $("#cancel-btn");
   cancel.hidden = !ACTIVE.has(job.status);
   cancel.disabled = job.cancel_requested;
   cancel.textContent = job.cancel_requested ? "Cancelling…" : "Cancel job";
   showWarnings(job, state.rowWarnings);
   showEvaluation(job);
+}
+
+function describeResumes(job) {
+  const parts = job.resumes.map((r) => `${r.stage} after step ${r.after_step}`);
+  if (job.restarts.length) parts.push(`${job.restarts.length} stage restart(s) after an actor died`);
+  return parts.join("; ") || "—";
 }
 
 async function refreshJob() {
@@ -264,7 +294,7 @@ async function refreshJob() {
     const job = await api(`/jobs/${encodeURIComponent(id)}`);
     if (id !== state.jobId) return;
     showJob(job);
-    await pollMetrics();
+    await pollMetrics(job);
   } catch (err) {
     if (err.status === 404) $("#d-message").textContent = err.message;
   } finally {
@@ -298,6 +328,7 @@ function selectJob(id) {
     state.jobId = id;
     history.replaceState(null, "", `#job=${encodeURIComponent(id)}`);
     $("#empty").hidden = true;
+    $("#action-result").textContent = "";
     $("#detail").hidden = false;
     resetCharts();
     resetEvaluation();
@@ -323,6 +354,24 @@ async function cancelJob() {
   refreshJob();
 }
 
+async function resumeJob() {
+  const id = state.jobId;
+  const out = $("#action-result");
+  state.resuming = id;
+  $("#resume-btn").disabled = true;
+  out.textContent = "";
+  try {
+    await api(`/jobs/${encodeURIComponent(id)}/resume`, { method: "POST" });
+    followLogs(id); // the last attempt's log ended; follow the next one's
+  } catch (err) {
+    out.textContent = `resume failed: ${err.status || ""} ${err.message}`;
+  } finally {
+    state.resuming = null;
+  }
+  await refreshJob();
+  loadJobs();
+}
+
 async function checkHealth() {
   const el = $("#health");
   try {
@@ -342,6 +391,7 @@ function init() {
   $("#job-source").addEventListener("change", onSourceChange);
   $("#submit-form").addEventListener("submit", submitJob);
   $("#cancel-btn").addEventListener("click", cancelJob);
+  $("#resume-btn").addEventListener("click", resumeJob);
   $("#status-filter").addEventListener("change", (e) => { state.filter = e.target.value; state.offset = 0; loadJobs(); });
   $("#prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadJobs(); });
   $("#next").addEventListener("click", () => { state.offset += PAGE; loadJobs(); });

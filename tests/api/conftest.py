@@ -1,16 +1,17 @@
-"""Fixtures of the job-service tests: a real SQLite file and a real uvicorn on 127.0.0.1 for
-every test; for the e2e tests also a real local Ray cluster (one for the whole package)."""
+"""Fixtures of the job-service tests: a real database (an SQLite file, or a fresh database of a
+real PostgreSQL server for tests parametrized with `both_backends`) and a real uvicorn on
+127.0.0.1 for every test; for the e2e tests also a real local Ray cluster (one for the package)."""
 
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 
 from instructray.api.app import create_app
 from instructray.api.settings import Settings
@@ -23,13 +24,33 @@ from tests.api.helpers import (  # noqa: F401  (AUTH, TOKEN: imported from here 
     isolated_torch_extensions,
     serve_in_thread,
 )
+from tests.api.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
+
+BACKENDS = ["sqlite", "postgresql"]
+# On a test or module: run it against both databases (it overrides the `backend` fixture).
+both_backends = pytest.mark.parametrize("backend", BACKENDS)
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def backend() -> str:
+    """The database behind `settings`: SQLite unless the test is parametrized over BACKENDS."""
+    return "sqlite"
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, backend: str) -> str | None:
+    if backend == "sqlite":
+        return None  # the service's default: an SQLite file under runs_root
+    assert backend == "postgresql", backend
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str | None) -> Settings:
     (tmp_path / "data").mkdir()
     return Settings(
         runs_root=tmp_path / "runs",
+        database_url=database_url,
         configs_root=REPO / "configs",
         data_roots=[tmp_path / "data"],
         token=TOKEN,
@@ -54,10 +75,13 @@ def client(settings: Settings, fake_ray: FakeRayJobs) -> Iterator[httpx.Client]:
 
 
 def db_rows(settings: Settings) -> list[tuple]:
-    """Every job row, read straight from the SQLite file (not through the service)."""
-    path = settings.db_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+    """Every job row, read straight from the database (not through the service)."""
+    engine = create_engine(settings.db_url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text("SELECT * FROM jobs ORDER BY id"))]
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="package")

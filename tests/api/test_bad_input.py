@@ -1,5 +1,6 @@
 """Bad requests get the right 4xx with a message naming what is wrong, and change nothing: the
-jobs table (read straight from the SQLite file) and the runs folder are as before."""
+jobs table (read straight from the database; on PostgreSQL too for those that get nearest to a
+write) and the runs folder are as before."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from instructray.api.settings import Settings
-from tests.api.conftest import AUTH, db_rows
+from tests.api.conftest import AUTH, both_backends, db_rows
 from tests.api.fake_ray import FakeRayJobs
 from tests.api.helpers import wait_for
 
@@ -104,6 +105,7 @@ class TestRejectedSubmissions:
         r = post(client, body)
         assert r.status_code == 422 and field in fields(r), r.text
 
+    @both_backends
     def test_config_rule_violation_is_explained(self, client: httpx.Client) -> None:
         r = post(client, {**TINY, "overrides": {"stages": ["ppo"]}})
         assert r.status_code == 422 and "needs a reward" in r.json()["detail"]
@@ -172,6 +174,7 @@ class TestRejectedSubmissions:
         r = post(client, {**TINY, "overrides": {key: value}})
         assert r.status_code == 403 and fields(r) == [key], r.text
 
+    @both_backends
     def test_missing_data_file_under_an_allowed_root_is_422(self, client: httpx.Client) -> None:
         r = post(client, {**TINY, "overrides": {"data.sft": "nope.jsonl"}})
         assert r.status_code == 422 and fields(r) == ["data.sft"] and "does not exist" in r.text
@@ -184,6 +187,7 @@ class TestRejectedSubmissions:
         r = post(client, content=chunks)  # chunked: no Content-Length to check up front
         assert r.status_code == 413
 
+    @both_backends
     def test_cancel_needs_the_token_too(self, client: httpx.Client) -> None:
         job_id = client.get("/jobs").json()["items"][0]["id"]
         assert client.post(f"/jobs/{job_id}/cancel").status_code == 401
@@ -191,6 +195,7 @@ class TestRejectedSubmissions:
         assert r.status_code == 403
 
 
+@both_backends
 def test_accepted_config_with_a_data_file_in_an_allowed_root(
     client: httpx.Client, settings: Settings
 ) -> None:
@@ -202,6 +207,7 @@ def test_accepted_config_with_a_data_file_in_an_allowed_root(
     assert config["data"]["sft"] == str(data)  # resolved against the first data root
 
 
+@both_backends
 @pytest.mark.usefixtures("unchanged")
 @pytest.mark.parametrize(
     "path",
@@ -212,6 +218,7 @@ def test_unknown_job_is_404(client: httpx.Client, path: str) -> None:
     assert r.status_code == 404 and r.json()["detail"] == "no job 'ir-nope'"
 
 
+@both_backends
 @pytest.mark.usefixtures("unchanged")
 def test_cancel_unknown_job_is_404(client: httpx.Client) -> None:
     r = client.post("/jobs/ir-nope/cancel", headers=AUTH)

@@ -1,6 +1,7 @@
 """The dashboard in a real headless browser (Debian's chromium, driven by Playwright) against the
 real API on 127.0.0.1 and a real local Ray: submit a tiny job from the form, watch its charts
-grow, cancel it with the button; screenshots go to test-artifacts/."""
+grow, cancel it with the button; resume an interrupted job with its button (Ray stand-in);
+screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
@@ -244,4 +245,71 @@ def test_reward_hacking_badge_monitor_charts_and_evaluation_panel(
         assert frame.evaluate("() => document.querySelector('#plot').naturalWidth") == 4
         assert frame.evaluate("() => document.title") == "eval report"  # its script never ran
         page.screenshot(path=str(artifacts_dir / "dashboard-evaluation.png"), full_page=True)
+        assert not errors, errors
+
+
+def loss_row(step: int, loss: float) -> dict:
+    return {"stage": "sft", "step": step, "time": 1000.0 + step, "loss": loss}
+
+
+def test_resume_button_continues_an_interrupted_job(
+    settings: Settings, fake_ray: FakeRayJobs, browser, artifacts_dir: Path
+) -> None:
+    """A job whose driver a signal stopped (Ray: FAILED; summary.json: interrupted) shows so;
+    a click on Resume queues it again, it runs `run --resume` as `<id>-resume1`, and the page
+    follows that attempt: status, attempt number, its log, and the metrics it rewrote."""
+    with serve_in_thread(create_app(settings, ray=fake_ray)) as url:
+        r = httpx.post(f"{url}/jobs", json={"name": "to-resume", "preset": "tiny"}, headers=AUTH)
+        job_id = r.json()["id"]
+        wait_for(lambda: job_id in fake_ray.jobs, 10, "the submission", 0.05)
+        run_dir = settings.runs_root / job_id
+        write_rows(run_dir, [loss_row(1, 5.0), loss_row(2, 4.9), loss_row(3, 4.8)])
+        summary = {"status": "interrupted", "error": "sft stage interrupted", "stages": {}}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        fake_ray.set(job_id, "FAILED", "Job entrypoint command failed with exit code 143")
+        page = browser.new_page(viewport={"width": 1500, "height": 1250})
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(f"{url}/#job={job_id}")
+        page.fill("#token", TOKEN)
+        page.wait_for_selector("#d-status.failed", timeout=20_000)
+        page.wait_for_function(f"() => ({POINTS_JS})('loss') === 3", timeout=20_000)
+        assert page.is_visible("#d-interrupted") and page.is_visible("#resume-btn")
+        assert page.is_hidden("#cancel-btn") and page.is_hidden("#d-attempt")
+
+        page.click("#resume-btn")
+        wait_for(lambda: len(fake_ray.submissions) == 2, 10, "the resume's submission", 0.05)
+        assert fake_ray.submissions[1][:2] == (
+            f"{job_id}-resume1",
+            f"instructray run --resume {run_dir}",
+        )
+        # The resumed driver keeps step 1, moves 2 and 3 aside, records that, trains on.
+        resumed = [loss_row(1, 5.0), *(loss_row(s, 5.0 - 0.1 * s - 0.3) for s in (2, 3, 4, 5))]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in resumed))
+        summary = {**summary, "status": "running", "error": None}
+        summary["resumes"] = [{"stage": "sft", "after_step": 1, "discarded_lines": 2, "time": 1}]
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        fake_ray.log_text[f"{job_id}-resume1"] = "[sft] resumed after step 1\n"
+        fake_ray.set(f"{job_id}-resume1", "RUNNING", "Job is currently running.")
+        page.wait_for_selector("#d-status.running", timeout=20_000)
+        assert page.inner_text("#d-attempt") == "attempt 2"
+        assert page.get_attribute("#d-attempt", "title") == f"Ray job {job_id}-resume1"
+        assert page.is_hidden("#d-interrupted") and page.is_hidden("#resume-btn")
+        assert page.is_visible("#cancel-btn")
+        page.wait_for_function(
+            "() => document.querySelector('#log').textContent.includes('resumed after step 1')",
+            timeout=20_000,
+        )
+        want = [r["loss"] for r in resumed]
+        wait_for(
+            lambda: [y for _, y in page.evaluate(SERIES_JS, "loss")["sft loss"]] == want,
+            20,
+            "the loss chart to show the resumed run",
+            0.2,
+        )
+        assert page.inner_text("#d-resumes") == "sft after step 1"
+        row = f"#jobs tr[data-id='{job_id}']"
+        page.wait_for_selector(f"{row} .badge.running", timeout=10_000)
+        assert page.inner_text(f"{row} .attempt") == "↻1"
+        page.screenshot(path=str(artifacts_dir / "dashboard-resumed.png"), full_page=True)
         assert not errors, errors

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from instructray.api.jobs import run_dir_of
+from instructray.api.submission import run_dir_of
 from tests.api.helpers import REPO
 
 DEPLOY = REPO / "deploy"

@@ -1,5 +1,6 @@
-"""The job service over real HTTP (uvicorn on 127.0.0.1, SQLite file), with an in-memory
-stand-in for the Ray Jobs API: submission, status, metrics, logs, cancel, restart, adoption."""
+"""The job service over real HTTP (uvicorn on 127.0.0.1; SQLite and PostgreSQL), with an
+in-memory stand-in for the Ray Jobs API: submission, status, metrics, logs, cancel, restart,
+adoption."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from instructray.api.app import create_app
 from instructray.api.settings import Settings
-from tests.api.conftest import AUTH
+from tests.api.conftest import AUTH, both_backends
 from tests.api.fake_ray import FakeRayJobs
 from tests.api.helpers import (
     TINY_SFT,
@@ -25,6 +26,7 @@ from tests.api.helpers import (
 )
 
 
+@both_backends
 def test_submit_writes_config_and_runs_the_cli_entry_point_on_ray(
     client: httpx.Client, fake_ray: FakeRayJobs, settings: Settings
 ) -> None:
@@ -43,6 +45,7 @@ def test_submit_writes_config_and_runs_the_cli_entry_point_on_ray(
     assert env["PYTHONUNBUFFERED"] == "1"
 
 
+@both_backends
 def test_status_stage_step_metrics_and_artifacts_follow_the_run(
     client: httpx.Client, fake_ray: FakeRayJobs, settings: Settings
 ) -> None:
@@ -82,6 +85,7 @@ def test_status_stage_step_metrics_and_artifacts_follow_the_run(
     assert job["stages"]["sft"]["checkpoint"] == ckpt
 
 
+@both_backends
 def test_failed_job_reports_the_reason_from_summary(
     client: httpx.Client, fake_ray: FakeRayJobs, settings: Settings
 ) -> None:
@@ -94,6 +98,7 @@ def test_failed_job_reports_the_reason_from_summary(
     assert job["error"] == "RuntimeError: policy rank 0 died"
 
 
+@both_backends
 def test_list_filters_by_status_and_paginates(client: httpx.Client, fake_ray: FakeRayJobs) -> None:
     ids = [submit(client, {**TINY_SFT, "name": f"job-{i}"}) for i in range(5)]
     for job_id in ids:
@@ -114,6 +119,7 @@ def test_list_filters_by_status_and_paginates(client: httpx.Client, fake_ray: Fa
     assert seen == ids[::-1]  # newest first, no job twice
 
 
+@both_backends
 def test_cancel_stops_the_ray_job_and_ends_cancelled(
     client: httpx.Client, fake_ray: FakeRayJobs
 ) -> None:
@@ -127,6 +133,7 @@ def test_cancel_stops_the_ray_job_and_ends_cancelled(
     assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
 
 
+@both_backends
 def test_job_queued_while_ray_is_down_is_submitted_later_or_cancelled(
     client: httpx.Client, fake_ray: FakeRayJobs
 ) -> None:
@@ -146,6 +153,7 @@ def test_job_queued_while_ray_is_down_is_submitted_later_or_cancelled(
     assert [s[0] for s in fake_ray.submissions] == [waiting]  # the cancelled one never ran
 
 
+@both_backends
 def test_restart_reconciles_with_ray_without_duplicating_jobs(
     settings: Settings, fake_ray: FakeRayJobs
 ) -> None:
@@ -184,6 +192,7 @@ def test_restart_reconciles_with_ray_without_duplicating_jobs(
     assert len(fake_ray.submissions) == 2  # nothing submitted twice
 
 
+@both_backends
 def test_logs_stream_as_server_sent_events_until_the_job_ends(
     client: httpx.Client, fake_ray: FakeRayJobs
 ) -> None:
@@ -205,6 +214,7 @@ def test_logs_stream_as_server_sent_events_until_the_job_ends(
     assert plain.status_code == 200 and plain.text == "last"
 
 
+@both_backends
 def test_health_prometheus_docs_and_dashboard(client: httpx.Client) -> None:
     submit(client)
     assert client.get("/healthz").json()["database"] == "ok"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from instructray.api.db import Database, JobRecord
-from instructray.api.jobs import run_dir_of
 from instructray.api.runfiles import MetricsReader
 from instructray.api.settings import Settings
+from instructray.api.submission import entrypoint, run_dir_of, submission_id, waiting_message
 
 
 def test_settings_from_environment(tmp_path: Path) -> None:
@@ -74,8 +74,45 @@ def test_metrics_reader_is_incremental_and_survives_a_rewrite(tmp_path: Path) ->
         ("instructray run c.yaml", None),
         ("python train.py --out /runs/a", None),
         ("instructray run 'unterminated", None),
+        ("instructray run --resume /runs/a", None),  # a resume: an attempt, not a job to adopt
     ],
 )
 def test_run_dir_of_entry_points(entrypoint: str, run_dir: str | None) -> None:
     expected = Path(run_dir) if run_dir else None
     assert run_dir_of(entrypoint, "instructray") == expected
+
+
+def test_each_attempt_has_its_own_submission_id_and_entry_point() -> None:
+    folder = Path("/runs/with space")
+    assert [submission_id("ir-1", n) for n in (0, 1, 12)] == [
+        "ir-1",
+        "ir-1-resume1",
+        "ir-1-resume12",
+    ]
+    first = entrypoint("instructray", folder, 0)
+    assert first == "instructray run '/runs/with space/config.yaml' --out '/runs/with space'"
+    assert run_dir_of(first, "instructray") == folder
+    assert entrypoint("/opt/bin/instructray", folder, 2) == (
+        "/opt/bin/instructray run --resume '/runs/with space'"
+    )
+
+
+def test_waiting_message_names_the_limit_and_the_place_in_line() -> None:
+    places = [
+        waiting_message(2, 2, n).rsplit(", ", 1)[1] for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23)
+    ]
+    assert places == [
+        "1st in line", "2nd in line", "3rd in line", "4th in line", "11th in line",
+        "12th in line", "13th in line", "21st in line", "22nd in line", "23rd in line",
+    ]  # fmt: skip
+    assert waiting_message(1, 1, 1) == "waiting: 1 job running (max_running_jobs=1), 1st in line"
+
+
+def test_max_running_jobs_from_the_environment() -> None:
+    def limit(raw: str) -> int | None:
+        return Settings.from_env({"INSTRUCTRAY_API_MAX_RUNNING_JOBS": raw}).max_running_jobs
+
+    assert Settings.from_env({}).max_running_jobs is None
+    assert (limit("3"), limit("0"), limit("")) == (3, 0, None)
+    with pytest.raises(ValueError, match="max_running_jobs"):
+        limit("-1")
