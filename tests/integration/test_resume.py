@@ -89,7 +89,11 @@ def _wait_for_its_actors_to_go(timeout_s: float = 120) -> None:
 
 
 def _comparable(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k != "time" and not k.startswith(UNEQUAL)}
+    return {
+        k: v
+        for k, v in row.items()
+        if isinstance(v, int | float) and k != "time" and not k.startswith(UNEQUAL)
+    }
 
 
 def assert_same_after(reference: Path, resumed: Path, stage: str, after: int) -> None:
