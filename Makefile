@@ -43,7 +43,7 @@ postgres:
 test: lint browser postgres
 	# A DeepSpeed op-build lock left by a killed process would hang every later job.
 	find $${HOME}/.cache/torch_extensions -name lock -mmin +10 -delete 2>/dev/null || true
-	$(VENV)/bin/pytest tests
+	$(VENV)/bin/pytest tests --durations=15
 
 test-fast: setup
 	$(VENV)/bin/pytest tests -m "not e2e"

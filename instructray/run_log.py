@@ -115,6 +115,8 @@ class RunLogger:
         """``keep``: a resumed stage continues its summary (first loss, steps so far)."""
         if not keep or stage not in self.summaries:
             self.summaries[stage] = StageSummary(stage=stage)
+        # From the first stage on, summary.json says the run is under way.
+        self.write_summary(status=self.previous_status or "running")
         self._stage_started[stage] = time.perf_counter()
         self.console.rule(f"stage {stage}")
 

@@ -219,3 +219,12 @@ def test_tensorboard_events(tmp_path):
     assert acc.Tags()["scalars"] == ["sft/loss"]
     assert [(e.step, e.value) for e in acc.Scalars("sft/loss")] == [(1, 1.5), (2, 1.25)]
     assert len(_lines(tmp_path)) == 2
+
+
+def test_summary_says_running_from_the_first_stage_on(tmp_path):
+    log, _ = _logger(tmp_path)
+    assert not log.summary_path.exists()
+    log.start_stage("sft")  # a kill -9 from here on leaves a summary that says so
+    summary = json.loads(log.summary_path.read_text())
+    assert summary["status"] == "running"
+    assert summary["stages"]["sft"]["steps"] == 0
