@@ -18,6 +18,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from instructray.api.configs import InvalidConfig, PathNotAllowed
 from instructray.api.db import Database
@@ -78,8 +79,23 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(503, f"Ray is unavailable: {err}")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_r: Request, err: StarletteHTTPException) -> JSONResponse:
-        return _error(err.status_code, str(err.detail), headers=getattr(err, "headers", None))
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(err, "headers", None)
+        allowed = _allowed_methods(request) if err.status_code == 405 else ""
+        if allowed:
+            headers = {**(headers or {}), "Allow": allowed}
+        return _error(err.status_code, str(err.detail), headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path. Starlette's 405 names only those
+    of the first route that matched the path: `Allow: POST` for /jobs, which also has GET."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route_methods
+    return ", ".join(sorted(methods))
 
 
 def create_app(settings: Settings | None = None, ray: RayJobs | None = None) -> FastAPI:

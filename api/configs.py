@@ -13,21 +13,22 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from instructray.config import ConfigError, JobConfig, set_dotted, validation_problems
+from instructray.config import (
+    ConfigError,
+    JobConfig,
+    PathKind,
+    get_path,
+    path_fields,
+    set_dotted,
+    set_path,
+    validation_problems,
+)
 
 PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-BASE_MODEL_PRESETS = ("tiny", "smollm2")
-# Config fields naming files or folders the job reads (or, for cache_dir, writes).
-PATH_FIELDS = (
-    ("data", "pretrain"),
-    ("data", "sft"),
-    ("data", "preferences"),
-    ("data", "prompts"),
-    ("model", "sft_checkpoint"),
-    ("model", "reward_checkpoint"),
-    ("output", "cache_dir"),
-)
+# Path fields the service sets itself once a config is confined (JobService.create puts every
+# run in runs_root/<job id>): what a request gives there is replaced, so it is not checked.
+SERVICE_SET = frozenset({"output.run_dir"})
 
 
 @dataclass(frozen=True)
@@ -133,22 +134,36 @@ def read_yaml_file(path: Path, field: str) -> dict[str, Any]:
     return copy.deepcopy(_yaml_file(str(path), path.stat().st_mtime_ns, field))
 
 
+def _preset_within(path: Path, root: Path) -> bool:
+    """Whether a preset file, its symlinks followed, lies inside the presets folder."""
+    return within(path.resolve(), [root])
+
+
 def list_presets(configs_root: Path) -> list[str]:
-    if not configs_root.is_dir():
+    root = configs_root.resolve()
+    if not root.is_dir():
         return []
     return sorted(
-        p.stem for p in configs_root.glob("*.yaml") if p.is_file() and PRESET_NAME.match(p.stem)
+        p.stem
+        for p in root.glob("*.yaml")
+        if PRESET_NAME.match(p.stem) and p.is_file() and _preset_within(p, root)
     )
 
 
 def load_preset(configs_root: Path, name: str) -> dict[str, Any]:
     if not PRESET_NAME.match(name):
         raise InvalidConfig([FieldError("preset", f"{name!r} is not a preset name")])
-    path = configs_root / f"{name}.yaml"
-    if not path.is_file():
-        available = ", ".join(list_presets(configs_root)) or "none"
+    root = configs_root.resolve()
+    path = root / f"{name}.yaml"
+    real = path.resolve()  # a symlink is followed before the check, as for config_path
+    if not within(real, [root]):
+        raise PathNotAllowed(
+            "preset", f"{name!r} is a link leading outside the presets folder ({root})"
+        )
+    if not real.is_file():
+        available = ", ".join(list_presets(root)) or "none"
         raise InvalidConfig([FieldError("preset", f"no preset {name!r} (available: {available})")])
-    return read_yaml_file(path, "preset")
+    return read_yaml_file(real, "preset")
 
 
 def load_config_path(raw: str, roots: list[Path]) -> dict[str, Any]:
@@ -183,25 +198,33 @@ def validate(data: dict[str, Any]) -> JobConfig:
         raise InvalidConfig([FieldError(f, m) for f, m in validation_problems(err)]) from None
 
 
-def confine_paths(cfg: JobConfig, roots: list[Path]) -> JobConfig:
-    """Resolve every path in the config against roots[0]; refuse any outside ``roots``."""
-    base = roots[0]
-    for section, key in PATH_FIELDS:
-        holder = getattr(cfg, section)
-        value = getattr(holder, key)
-        if value is None:
+def _not_found(value: object, path: Path, kind: PathKind, presets: tuple[str, ...]) -> str | None:
+    """Why an input ``path`` (confined already) cannot be what its field needs, or None."""
+    if kind is PathKind.INPUT and not path.exists():
+        return f"{str(value)!r} does not exist ({path})"
+    if kind is PathKind.MODEL and not (path / "config.json").is_file():
+        preset = f"not a preset ({', '.join(presets)}) and " if presets else ""
+        return f"{preset}no model folder (with config.json) at {path}"
+    return None
+
+
+def confine_paths(cfg: JobConfig, roots: list[Path], shm_roots: list[Path]) -> JobConfig:
+    """Every path-valued field of the config (`path_fields`), symlinks and ``..`` resolved
+    against roots[0], confined: the shared-memory folder to ``shm_roots``, every other path to
+    ``roots`` (PathNotAllowed); inputs must exist, model folders hold config.json
+    (InvalidConfig). Each field is set to its resolved path."""
+    errors: list[FieldError] = []
+    for name, marker in path_fields(JobConfig):
+        value = get_path(cfg, name)
+        if value is None or name in SERVICE_SET or marker.is_preset(value):
             continue
-        field = f"{section}.{key}"
-        path = confine(value, roots, field, base)
-        must_exist = section != "output"
-        if must_exist and not path.exists():
-            raise InvalidConfig([FieldError(field, f"{str(value)!r} does not exist ({path})")])
-        setattr(holder, key, path if isinstance(value, Path) else str(path))
-    if cfg.model.base not in BASE_MODEL_PRESETS:
-        path = confine(cfg.model.base, roots, "model.base", base)
-        if not (path / "config.json").is_file():
-            raise InvalidConfig(
-                [FieldError("model.base", f"not a preset and no model folder at {path}")]
-            )
-        cfg.model.base = str(path)
+        allowed = shm_roots if marker.kind is PathKind.SHM else roots
+        path = confine(value, allowed, name, roots[0])
+        problem = _not_found(value, path, marker.kind, marker.presets)
+        if problem is not None:
+            errors.append(FieldError(name, problem))
+            continue
+        set_path(cfg, name, path)
+    if errors:
+        raise InvalidConfig(errors)
     return cfg

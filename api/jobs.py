@@ -115,7 +115,7 @@ class JobService:
         if isinstance(overrides, str):
             overrides = parse_yaml_mapping(overrides, "overrides")
         cfg = validate(apply_overrides(data, overrides))
-        return confine_paths(cfg, s.allowed_data_roots)
+        return confine_paths(cfg, s.allowed_data_roots, s.shm_roots)
 
     # ---- records -------------------------------------------------------------------------
     def create(self, req: JobCreate) -> JobRecord:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -46,14 +46,39 @@ router = APIRouter()
 MUTATING = [Depends(bearer_scheme), Depends(require_token)]
 MAX_ROW = 2**31 - 1
 """Largest row offset or cursor accepted (SQLite's integers end at 2**63 - 1)."""
-ERRORS = {
+_AUTH_CHALLENGE = {
+    "description": "`Bearer`: how to authenticate",
+    "schema": {"type": "string", "enum": ["Bearer"]},
+}
+ERRORS: dict[int, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed JSON"},
-    401: {"model": ErrorBody, "description": "Missing or malformed bearer token"},
-    403: {"model": ErrorBody, "description": "Wrong token, or a path outside the allowed roots"},
+    401: {
+        "model": ErrorBody,
+        "description": "Missing or malformed bearer token",
+        "headers": {"WWW-Authenticate": {**_AUTH_CHALLENGE, "required": True}},
+    },
+    403: {
+        "model": ErrorBody,
+        "description": "Wrong token (with `WWW-Authenticate`), or a path outside the allowed roots",
+        "headers": {"WWW-Authenticate": _AUTH_CHALLENGE},
+    },
     404: {"model": ErrorBody, "description": "Unknown job id"},
+    409: {"model": ErrorBody, "description": "Not possible in the job's status; says why"},
     413: {"model": ErrorBody, "description": "Body over the size limit"},
     422: {"model": ErrorBody, "description": "Invalid request or config; names each bad field"},
+    503: {"model": ErrorBody, "description": "Ray is unavailable"},
 }
+"""Error responses by status; every one has the body `ErrorBody` (app.py's handlers). Each
+route lists those it can answer, so the OpenAPI document holds no others (and 422 is never
+FastAPI's default `HTTPValidationError`, which this service does not send)."""
+
+
+def errors(*codes: int, said: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """ERRORS of these status codes, and of those in ``said`` with the description given there."""
+    out: dict[int | str, dict[str, Any]] = {code: ERRORS[code] for code in codes}
+    for code, description in (said or {}).items():
+        out[code] = {**ERRORS[code], "description": description}
+    return out
 
 
 def _service(request: Request) -> JobService:
@@ -68,7 +93,19 @@ Service = Annotated[JobService, Depends(_service)]
     status_code=202,
     response_model=Accepted,
     dependencies=MUTATING,
-    responses={k: v for k, v in ERRORS.items() if k != 404},
+    responses={
+        202: {
+            "description": "Recorded; queued for Ray",
+            "headers": {
+                "Location": {
+                    "description": "The job: `/jobs/{id}`",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^/jobs/[^/]+$"},
+                }
+            },
+        },
+        **errors(400, 401, 403, 413, 422),
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -104,7 +141,9 @@ async def submit_job(request: Request, response: Response, service: Service) -> 
     return Accepted(id=rec.id, status=rec.status, links=job_links(rec.id))
 
 
-@router.get("/jobs", response_model=JobList, summary="List jobs, newest first")
+@router.get(
+    "/jobs", response_model=JobList, responses=errors(422), summary="List jobs, newest first"
+)
 def list_jobs(
     service: Service,
     status: Annotated[list[Status] | None, Query(description="Repeat to match several")] = None,
@@ -118,13 +157,13 @@ def list_jobs(
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
-@router.get("/jobs/{job_id}", response_model=JobDetail, responses={404: ERRORS[404]})
+@router.get("/jobs/{job_id}", response_model=JobDetail, responses=errors(404, 422))
 def get_job(job_id: str, service: Service) -> dict[str, Any]:
     """Status, current stage and step, latest metrics, error if failed, artifact paths."""
     return job_detail(service.get(job_id), service.reader)
 
 
-@router.get("/jobs/{job_id}/metrics", response_model=MetricsPage, responses={404: ERRORS[404]})
+@router.get("/jobs/{job_id}/metrics", response_model=MetricsPage, responses=errors(404, 422))
 def get_metrics(
     job_id: str,
     service: Service,
@@ -144,7 +183,7 @@ def get_metrics(
     response_model=Evaluation,
     response_model_exclude_unset=True,
     responses={
-        404: {"model": ErrorBody, "description": "Unknown job, or no eval.json yet"},
+        **errors(422, said={404: "Unknown job, or no eval.json yet"}),
         500: {"model": ErrorBody, "description": "eval.json is not of this shape; names where"},
     },
 )
@@ -163,13 +202,28 @@ def get_eval(job_id: str, service: Service) -> Evaluation:
         raise HTTPException(500, f"eval.json of job {job_id!r}: {where}: {first['msg']}") from None
 
 
-REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "The file; served with a Content-Security-Policy that allows no scripts",
-        "content": {"text/html": {}, "image/png": {}},
+_REPORT_HEADERS = {
+    "Content-Security-Policy": {
+        "description": "No scripts, a sandboxed page: `"
+        + REPORT_HEADERS["Content-Security-Policy"]
+        + "`",
+        "required": True,
+        "schema": {"type": "string", "enum": [REPORT_HEADERS["Content-Security-Policy"]]},
     },
-    404: {"model": ErrorBody, "description": "Unknown job, or no such plain file in report/"},
+    "X-Content-Type-Options": {"required": True, "schema": {"type": "string", "enum": ["nosniff"]}},
 }
+_BYTES = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _report_responses(content: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "description": "The file; served with a Content-Security-Policy that allows no scripts",
+            "headers": _REPORT_HEADERS,
+            "content": content,
+        },
+        **errors(422, said={404: "Unknown job, or no such plain file in report/"}),
+    }
 
 
 def _report_file(service: JobService, job_id: str, name: str) -> Response:
@@ -182,17 +236,43 @@ def _report_file(service: JobService, job_id: str, name: str) -> Response:
     return StreamingResponse(iter_file(f, size), media_type=media_type(name), headers=headers)
 
 
-@router.get("/jobs/{job_id}/report/", response_class=HTMLResponse, responses=REPORT_RESPONSES)
+# response_class=Response: no default 200 content (FastAPI's JSON one, or the route's media type
+# given to the JSON error bodies too); the responses below say what is sent.
+@router.get(
+    "/jobs/{job_id}/report/",
+    response_class=Response,
+    responses=_report_responses({"text/html": {"schema": {"type": "string"}}}),
+)
 def get_report(job_id: str, service: Service) -> Response:
     """The evaluation report (report/index.html of the run folder); its plots are relative
     links to the files below."""
     return _report_file(service, job_id, REPORT_INDEX)
 
 
-@router.get("/jobs/{job_id}/report/{name}", responses=REPORT_RESPONSES)
+@router.get(
+    "/jobs/{job_id}/report/{name}",
+    response_class=Response,
+    # typed by the file's extension: the report's HTML and PNG plots, or anything else there
+    responses=_report_responses(
+        {"text/html": {"schema": {"type": "string"}}, "image/png": _BYTES, "*/*": _BYTES}
+    ),
+)
 def get_report_file(job_id: str, name: str, service: Service) -> Response:
     """A file of the report folder (plots): plain files directly in RUN_DIR/report only."""
     return _report_file(service, job_id, name)
+
+
+LOG_EVENT = {
+    "type": "object",
+    "description": "A log line (event `message`, the default); `warning`: Ray does not answer, "
+    "the stream goes on; `end`: the job ended, `data` is its status",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["message", "warning", "end"]},
+        "data": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
 
 
 def _sse(data: str, event: str | None = None) -> str:
@@ -202,9 +282,19 @@ def _sse(data: str, event: str | None = None) -> str:
 
 @router.get(
     "/jobs/{job_id}/logs",
+    response_class=Response,
     responses={
-        404: ERRORS[404],
-        200: {"content": {"text/event-stream": {}, "text/plain": {}}},
+        200: {
+            "description": "`follow=true`: Server-Sent Events; `follow=false`: the log as text",
+            "content": {
+                # OpenAPI 3.1: the schema of each event
+                "text/event-stream": {"schema": LOG_EVENT},
+                "text/plain": {"schema": {"type": "string"}},
+            },
+        },
+        **errors(
+            404, 422, said={503: "Ray is unavailable (`follow=false`; a stream warns instead)"}
+        ),
     },
 )
 async def get_logs(
@@ -270,7 +360,7 @@ async def get_logs(
     status_code=202,
     response_model=Accepted,
     dependencies=MUTATING,
-    responses={**{k: ERRORS[k] for k in (401, 403, 404)}, 409: {"model": ErrorBody}},
+    responses=errors(401, 403, 404, 422, said={409: "The job has already finished"}),
 )
 def cancel_job(job_id: str, service: Service) -> Accepted:
     """Ask Ray to stop the job; it turns `cancelled` once Ray reports it stopped."""
@@ -289,14 +379,16 @@ def cancel_job(job_id: str, service: Service) -> Accepted:
     status_code=202,
     response_model=Accepted,
     dependencies=MUTATING,
-    responses={
-        **{k: ERRORS[k] for k in (401, 403, 404)},
-        409: {
-            "model": ErrorBody,
-            "description": "The job is queued, pending, running or succeeded, or its run folder "
-            "cannot be resumed; says which",
+    responses=errors(
+        401,
+        403,
+        404,
+        422,
+        said={
+            409: "The job is queued, pending, running or succeeded, or its run folder cannot "
+            "be resumed; says which"
         },
-    },
+    ),
 )
 def resume_job(job_id: str, service: Service) -> Accepted:
     """Continue a failed or cancelled job from its run folder: it is queued again and runs
@@ -312,7 +404,9 @@ def presets(service: Service) -> dict[str, list[str]]:
     return {"presets": service.presets()}
 
 
-@router.get("/healthz", response_model=Health, responses={503: {"model": ErrorBody}})
+@router.get(
+    "/healthz", response_model=Health, responses=errors(said={503: "The database does not answer"})
+)
 def healthz(service: Service) -> Health:
     try:
         with service.db.session() as s:

@@ -17,13 +17,19 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
+            # `_one_source` in the schema: exactly one source given and not null (a null one is
+            # as good as absent).
+            "oneOf": [
+                {"required": [source], "properties": {source: {"not": {"type": "null"}}}}
+                for source in ("config", "preset", "config_path")
+            ],
             "examples": [
                 {
                     "name": "tiny-sft",
                     "preset": "tiny",
                     "overrides": {"stages": ["sft"], "sft.max_examples": 128},
                 }
-            ]
+            ],
         },
     )
 

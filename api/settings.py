@@ -35,6 +35,12 @@ class Settings(BaseModel):
         description="Where paths inside a config may point (and the runs_root); relative paths "
         "resolve against the first.",
     )
+    shm_roots: list[Path] = Field(
+        default_factory=lambda: [Path("/dev/shm")],
+        description="Where rollout.shm_dir may point: the folder the policy's rank 0 writes "
+        "each weight-sync file into (weight_sync=shm), on every node. Empty refuses every job "
+        "(rollout.shm_dir always has a value).",
+    )
     ray_address: str = Field(
         "http://127.0.0.1:8265", description="Ray dashboard (Jobs API) address of the cluster."
     )
@@ -62,6 +68,7 @@ class Settings(BaseModel):
         self.runs_root = self.runs_root.expanduser().resolve()
         self.configs_root = self.configs_root.expanduser().resolve()
         self.data_roots = [p.expanduser().resolve() for p in self.data_roots]
+        self.shm_roots = [p.expanduser().resolve() for p in self.shm_roots]
         return self
 
     @classmethod
@@ -74,7 +81,7 @@ class Settings(BaseModel):
                 continue
             if name == "max_running_jobs" and not raw.strip():
                 values[name] = None
-            elif name == "data_roots":
+            elif name in ("data_roots", "shm_roots"):
                 values[name] = [p for p in raw.split(",") if p.strip()]
             elif name == "job_env":
                 values[name] = dict(kv.split("=", 1) for kv in raw.split(",") if "=" in kv)

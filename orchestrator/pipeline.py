@@ -13,7 +13,15 @@ from pathlib import Path
 from transformers import AutoConfig
 
 from instructray.actors.group import RoleError
-from instructray.config import ConfigError, JobConfig, Stage, dump_config
+from instructray.config import (
+    ConfigError,
+    JobConfig,
+    PathKind,
+    Stage,
+    dump_config,
+    get_path,
+    path_fields,
+)
 from instructray.models import default_cache_dir, resolve_base_model
 from instructray.models.loading import is_complete
 from instructray.orchestrator.context import JobContext, JobData
@@ -129,7 +137,7 @@ def run_with_restarts(ctx: JobContext, stage: Stage) -> Path:
         try:
             return STAGES[stage](ctx)
         except RoleError as err:
-            if not err.died or restart > limit:
+            if not err.restartable or restart > limit:
                 raise
             step = ctx.log.summaries[stage].steps if stage in ctx.log.summaries else 0
             ctx.log.warn(
@@ -144,17 +152,26 @@ def run_with_restarts(ctx: JobContext, stage: Stage) -> Path:
     raise AssertionError("unreachable")
 
 
+MODEL_HINTS = {
+    "model.sft_checkpoint": "the folder of a checkpoint, e.g. RUN_DIR/checkpoints/sft",
+    "model.reward_checkpoint": "the folder of a checkpoint, e.g. RUN_DIR/checkpoints/rm",
+}
+
+
 def check_checkpoints(cfg: JobConfig) -> None:
-    """Checkpoint paths in the config are model folders, found before any actor starts (an
-    actor would otherwise take a missing path for a model-hub name and fail minutes later)."""
-    for field in ("sft_checkpoint", "reward_checkpoint"):
-        value = getattr(cfg.model, field)
-        if value is not None and not (Path(value) / "config.json").is_file():
-            what = "does not exist" if not Path(value).exists() else "has no config.json"
-            raise ConfigError(
-                f"model.{field}: {value} {what}; give the folder of a checkpoint, e.g. "
-                f"RUN_DIR/checkpoints/{'sft' if field == 'sft_checkpoint' else 'rm'}"
-            )
+    """Every model path of the config (the `path_fields` of kind model: checkpoints, a base
+    model or fluency model given as a folder) is a model folder, found before any actor starts
+    (an actor would otherwise take a missing path for a model-hub name and fail minutes later)."""
+    for name, marker in path_fields(JobConfig):
+        value = get_path(cfg, name)
+        if marker.kind is not PathKind.MODEL or value is None or marker.is_preset(value):
+            continue
+        path = Path(value).expanduser()
+        if not (path / "config.json").is_file():
+            what = "does not exist" if not path.exists() else "has no config.json"
+            presets = f"a preset ({', '.join(marker.presets)}) or " if marker.presets else ""
+            hint = MODEL_HINTS.get(name, "a local Hugging Face model folder")
+            raise ConfigError(f"{name}: {value} {what}; give {presets}{hint}")
 
 
 def check_model_shape(cfg: JobConfig, stages: list[Stage], base: Path) -> None:
@@ -183,9 +200,9 @@ def _run_stages(
     try:
         cache = cfg.output.cache_dir or default_cache_dir()
         log.info(f"job {cfg.name!r}: stages {' → '.join(stages)}, run dir {run_dir}")
+        check_checkpoints(cfg)
         base = resolve_base_model(cfg.model.base, Path(cache))
         log.info(f"base model {cfg.model.base!r} at {base}")
-        check_checkpoints(cfg)
         check_model_shape(cfg, stages, base)
         data = JobData(cfg)
         data.check_files(stages)

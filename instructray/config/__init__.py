@@ -17,6 +17,15 @@ from instructray.config.loading import (
     set_dotted,
     validation_problems,
 )
+from instructray.config.paths import (
+    MODEL_PRESETS,
+    PathField,
+    PathFieldInfo,
+    PathKind,
+    get_path,
+    path_fields,
+    set_path,
+)
 from instructray.config.sections import (
     DataConfig,
     ModelConfig,
@@ -41,6 +50,7 @@ from instructray.config.stages import (
 )
 
 __all__ = [
+    "MODEL_PRESETS",
     "STAGE_ORDER",
     "ConfigError",
     "DPOStageConfig",
@@ -55,6 +65,9 @@ __all__ = [
     "OptimConfig",
     "OutputConfig",
     "PPOStageConfig",
+    "PathField",
+    "PathFieldInfo",
+    "PathKind",
     "RMStageConfig",
     "RayConfig",
     "ResourcesConfig",
@@ -66,8 +79,11 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "dump_config",
+    "get_path",
     "load_config",
     "parse_override",
+    "path_fields",
     "set_dotted",
+    "set_path",
     "validation_problems",
 ]

@@ -8,6 +8,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from instructray.config.paths import (
+    BASE_MODEL,
+    INPUT_PATH,
+    MODEL_FOLDER,
+    OUTPUT_FOLDER,
+    SHM_FOLDER,
+)
+
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -19,12 +27,14 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    base: str = Field("tiny", description="Preset (tiny, smollm2) or a local HF model folder.")
+    base: Annotated[str, BASE_MODEL] = Field(
+        "tiny", description="Preset (tiny, smollm2) or a local HF model folder."
+    )
     dtype: Literal["float32", "bfloat16"] = "float32"
-    sft_checkpoint: str | None = Field(
+    sft_checkpoint: Annotated[str | None, MODEL_FOLDER] = Field(
         None, description="Existing SFT model for rm/ppo/dpo/eval when the sft stage is not run."
     )
-    reward_checkpoint: str | None = Field(
+    reward_checkpoint: Annotated[str | None, MODEL_FOLDER] = Field(
         None, description="Existing reward model for ppo/eval when the rm stage is not run."
     )
     max_prompt_tokens: PositiveInt = 32
@@ -35,14 +45,20 @@ class DataConfig(Section):
     task: Literal["rotten_tomatoes"] | None = Field(
         "rotten_tomatoes", description="Built-in task supplying any dataset not given as a file."
     )
-    pretrain: Path | None = Field(None, description='JSONL of {"text"} for pretrain and ptx.')
-    sft: Path | None = Field(None, description='JSONL of {"prompt","response"}.')
-    preferences: Path | None = Field(
+    pretrain: Annotated[Path | None, INPUT_PATH] = Field(
+        None, description='JSONL of {"text"} for pretrain and ptx.'
+    )
+    sft: Annotated[Path | None, INPUT_PATH] = Field(
+        None, description='JSONL of {"prompt","response"}.'
+    )
+    preferences: Annotated[Path | None, INPUT_PATH] = Field(
         None,
         description='JSONL of {"prompt","chosen","rejected"}, {"prompt","ranked"} or HH-RLHF.',
     )
-    prompts: Path | None = Field(None, description='JSONL of {"prompt"} for PPO rollouts.')
-    eval_prompts: Path | None = Field(
+    prompts: Annotated[Path | None, INPUT_PATH] = Field(
+        None, description='JSONL of {"prompt"} for PPO rollouts.'
+    )
+    eval_prompts: Annotated[Path | None, INPUT_PATH] = Field(
         None,
         description='JSONL of {"prompt"} for the eval stage and the PPO monitor; default: the '
         "task's held-out prompts, else a held-out slice of data.prompts that PPO never sees.",
@@ -84,7 +100,9 @@ class RolloutConfig(Section):
         "auto: shm when the policy's rank 0 and every engine share a node with room in "
         "shm_dir, else object_store.",
     )
-    shm_dir: str = Field("/dev/shm", description="Shared-memory folder for weight_sync=shm.")
+    shm_dir: Annotated[str, SHM_FOLDER] = Field(
+        "/dev/shm", description="Shared-memory folder for weight_sync=shm."
+    )
     sync_bucket_mb: PositiveInt = Field(
         256, description="Bucket size of the object_store weight sync."
     )
@@ -127,11 +145,27 @@ class RayConfig(Section):
         "all its actors and starts them again from its newest train state, at most this "
         "many times; then the job fails. A method that raises (NaN, a bug) is not retried.",
     )
+    call_timeout_s: PositiveFloat = Field(
+        1800.0,
+        description="Longest wait for any one call on an actor (a training step, a batch of "
+        "generation, loading a model). An actor that has not answered by then is taken as "
+        "hung: the stage restarts as if it had died. Raise it for very large models.",
+    )
+    start_timeout_s: PositiveFloat = Field(
+        600.0,
+        description="Longest wait for a role's actor processes to start. Ray keeps an actor "
+        "waiting, without an error, while the cluster lacks the CPUs/GPUs it asks for; after "
+        "this the job fails and says so.",
+    )
 
 
 class OutputConfig(Section):
-    run_dir: Path = Path("runs/latest")
-    cache_dir: Path | None = Field(None, description="Built base models; default ~/.cache.")
+    run_dir: Annotated[Path, OUTPUT_FOLDER] = Field(
+        Path("runs/latest"), description="The run folder (--out of instructray run)."
+    )
+    cache_dir: Annotated[Path | None, OUTPUT_FOLDER] = Field(
+        None, description="Built base models; default ~/.cache."
+    )
     tensorboard: bool = True
     train_state_every: Annotated[int, Field(ge=0)] = Field(
         25,

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from instructray.config.paths import BASE_MODEL
 from instructray.config.sections import (
     Fraction,
     OptimConfig,
@@ -45,7 +46,7 @@ class LabelerConfig(Section):
         "fast, but one frequent word can game it) or meaning (sentence-embedding sentiment, "
         "fluency under fluency_model, no repetition: what a reader would prefer).",
     )
-    fluency_model: str = Field(
+    fluency_model: Annotated[str, BASE_MODEL] = Field(
         "smollm2", description="meaning judge: the LM whose log-likelihood measures fluency."
     )
 

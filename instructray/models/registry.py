@@ -10,11 +10,12 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from instructray.config.paths import MODEL_PRESETS
 from instructray.models.loading import is_complete
 from instructray.models.smollm2 import CONVERTED_MARKER, convert_smollm2
 from instructray.models.tiny import TinyModelSpec, build_tiny_model, default_tiny_texts
 
-PRESETS = ("tiny", "smollm2")
+PRESETS = MODEL_PRESETS  # the config knows them too: model.base names them, not paths
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 # Bump when build_tiny_model changes what it writes, so stale cache entries are not reused.
 TINY_BUILD_VERSION = 1

@@ -5,6 +5,7 @@ write) and the runs folder are as before."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from instructray.api.settings import Settings
 from tests.api.conftest import AUTH, both_backends, db_rows
 from tests.api.fake_ray import FakeRayJobs
-from tests.api.helpers import wait_for
+from tests.api.helpers import REPO, wait_for
 
 TINY = {"preset": "tiny"}
 
@@ -168,11 +169,22 @@ class TestRejectedSubmissions:
             ("model.base", "/usr/lib"),
             ("model.sft_checkpoint", "/root"),
             ("output.cache_dir", "/root/.ssh"),
+            ("data.eval_prompts", "/etc/passwd"),
+            ("rollout.shm_dir", "/etc"),
+            ("rm.labeler.fluency_model", "/usr/lib"),
         ],
     )
     def test_paths_inside_the_config_are_confined(self, client: httpx.Client, key, value) -> None:
         r = post(client, {**TINY, "overrides": {key: value}})
         assert r.status_code == 403 and fields(r) == [key], r.text
+        assert r.json()["detail"].startswith(f"path not allowed: {key}: {value!r} is outside")
+
+    def test_a_data_file_linking_out_of_its_root_is_403(
+        self, client: httpx.Client, settings: Settings
+    ) -> None:
+        os.symlink("/etc/passwd", settings.data_roots[0] / "prompts.jsonl")
+        r = post(client, {**TINY, "overrides": {"data.prompts": "prompts.jsonl"}})
+        assert r.status_code == 403 and fields(r) == ["data.prompts"], r.text
 
     @both_backends
     def test_missing_data_file_under_an_allowed_root_is_422(self, client: httpx.Client) -> None:
@@ -205,6 +217,38 @@ def test_accepted_config_with_a_data_file_in_an_allowed_root(
     assert r.status_code == 202, r.text
     config = client.get(f"/jobs/{r.json()['id']}").json()["config"]
     assert config["data"]["sft"] == str(data)  # resolved against the first data root
+
+
+def test_shm_dir_in_dev_shm_is_accepted(client: httpx.Client) -> None:
+    r = post(client, {**TINY, "overrides": {"rollout.shm_dir": "/dev/shm/instructray"}})
+    assert r.status_code == 202, r.text
+    config = client.get(f"/jobs/{r.json()['id']}").json()["config"]
+    assert config["rollout"]["shm_dir"] == str(Path("/dev/shm").resolve() / "instructray")
+
+
+class TestPresetLinks:
+    @pytest.fixture
+    def settings(self, settings: Settings, tmp_path: Path) -> Settings:
+        """A configs root holding tiny.yaml and evil.yaml, a link to a file outside it."""
+        root = (tmp_path / "configs").resolve()
+        root.mkdir()
+        shutil.copy(REPO / "configs" / "tiny.yaml", root / "tiny.yaml")
+        outside = tmp_path / "outside.yaml"
+        shutil.copy(REPO / "configs" / "tiny.yaml", outside)
+        (root / "evil.yaml").symlink_to(outside)
+        return settings.model_copy(update={"configs_root": root})
+
+    @pytest.mark.usefixtures("unchanged")
+    def test_a_preset_linking_out_of_the_configs_root_is_refused(
+        self, client: httpx.Client, settings: Settings
+    ) -> None:
+        r = post(client, {"preset": "evil"})
+        assert r.status_code == 403 and fields(r) == ["preset"], r.text
+        assert r.json()["detail"] == (
+            "path not allowed: preset: 'evil' is a link leading outside the presets folder "
+            f"({settings.configs_root})"
+        )
+        assert client.get("/presets").json()["presets"] == ["tiny"]
 
 
 @both_backends

@@ -1,4 +1,5 @@
-"""Pieces of the job service without a server: settings, the metrics reader, entry points."""
+"""Pieces of the job service without a server: settings, the metrics reader, entry points,
+the confinement of a config's paths."""
 
 from __future__ import annotations
 
@@ -7,10 +8,21 @@ from pathlib import Path
 
 import pytest
 
+from instructray.api.configs import (
+    SERVICE_SET,
+    InvalidConfig,
+    PathNotAllowed,
+    apply_overrides,
+    confine_paths,
+    list_presets,
+    load_preset,
+    validate,
+)
 from instructray.api.db import Database, JobRecord
 from instructray.api.runfiles import MetricsReader
 from instructray.api.settings import Settings
 from instructray.api.submission import entrypoint, run_dir_of, submission_id, waiting_message
+from instructray.config import JobConfig, path_fields
 
 
 def test_settings_from_environment(tmp_path: Path) -> None:
@@ -116,3 +128,135 @@ def test_max_running_jobs_from_the_environment() -> None:
     assert (limit("3"), limit("0"), limit("")) == (3, 0, None)
     with pytest.raises(ValueError, match="max_running_jobs"):
         limit("-1")
+
+
+# ---- path confinement (api/configs.py) -------------------------------------------------
+@pytest.fixture
+def roots(tmp_path: Path) -> tuple[list[Path], list[Path]]:
+    """(data roots, shared-memory roots: one of the test's, and /dev/shm for the default
+    rollout.shm_dir) and a file outside all of them: tmp_path/outside.jsonl."""
+    for name in ("data", "shm"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "outside.jsonl").write_text('{"prompt": "p"}\n')
+    return [tmp_path / "data"], [tmp_path / "shm", Path("/dev/shm").resolve()]
+
+
+def _confined(roots: tuple[list[Path], list[Path]], overrides: dict) -> JobConfig:
+    return confine_paths(validate(apply_overrides({}, overrides)), *roots)
+
+
+def _refused(roots: tuple[list[Path], list[Path]], overrides: dict) -> PathNotAllowed:
+    with pytest.raises(PathNotAllowed) as info:
+        _confined(roots, overrides)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "name", sorted(f.name for f in path_fields(JobConfig) if f.name not in SERVICE_SET)
+)
+def test_every_path_field_is_confined(roots, tmp_path: Path, name: str) -> None:
+    """Each field the config marks is confined, with no list of fields here to fall behind."""
+    for value in ("/etc", str(tmp_path / "outside.jsonl"), "../outside.jsonl"):
+        err = _refused(roots, {name: value})
+        assert err.field == name and "outside the allowed roots" in str(err), value
+
+
+def test_shm_dir_is_confined_to_the_shared_memory_roots(roots, tmp_path: Path) -> None:
+    data, shm = roots
+    assert _refused(roots, {"rollout.shm_dir": "/etc"}).field == "rollout.shm_dir"
+    assert _refused(roots, {"rollout.shm_dir": str(data[0])}).field == "rollout.shm_dir"
+    cfg = _confined(roots, {"rollout.shm_dir": f"{shm[0]}/sub/../ir"})
+    assert cfg.rollout.shm_dir == str(shm[0] / "ir")  # resolved; need not exist yet
+    (shm[0] / "link").symlink_to("/etc")
+    assert _refused(roots, {"rollout.shm_dir": str(shm[0] / "link")}).field == "rollout.shm_dir"
+
+
+def test_the_default_shm_dir_is_accepted_by_the_default_settings(roots) -> None:
+    settings = Settings()
+    assert settings.shm_roots == [Path("/dev/shm").resolve()]
+    cfg = confine_paths(JobConfig(), roots[0], settings.shm_roots)
+    assert cfg.rollout.shm_dir == str(Path("/dev/shm").resolve())
+    cfg = _confined((roots[0], settings.shm_roots), {"rollout.shm_dir": "/dev/shm/instructray"})
+    assert cfg.rollout.shm_dir == str(Path("/dev/shm").resolve() / "instructray")
+
+
+def test_shm_roots_from_the_environment(tmp_path: Path) -> None:
+    s = Settings.from_env({"INSTRUCTRAY_API_SHM_ROOTS": f"{tmp_path}/a,{tmp_path}/b"})
+    assert s.shm_roots == [tmp_path / "a", tmp_path / "b"]
+    assert Settings.from_env({"INSTRUCTRAY_API_SHM_ROOTS": ""}).shm_roots == []
+
+
+def test_eval_prompts_are_an_input_that_is_confined_and_must_exist(roots, tmp_path: Path) -> None:
+    data = roots[0][0]
+    err = _refused(roots, {"data.eval_prompts": str(tmp_path / "outside.jsonl")})
+    assert err.field == "data.eval_prompts"
+    with pytest.raises(InvalidConfig) as info:
+        _confined(roots, {"data.eval_prompts": "eval.jsonl"})
+    assert [(e.field, e.message) for e in info.value.errors] == [
+        ("data.eval_prompts", f"'eval.jsonl' does not exist ({data / 'eval.jsonl'})")
+    ]
+    (data / "eval.jsonl").write_text('{"prompt": "p"}\n')
+    assert _confined(roots, {"data.eval_prompts": "eval.jsonl"}).data.eval_prompts == (
+        data / "eval.jsonl"
+    )
+
+
+def test_a_symlink_in_a_data_root_leading_out_is_refused(roots, tmp_path: Path) -> None:
+    data = roots[0][0]
+    (data / "prompts.jsonl").symlink_to(tmp_path / "outside.jsonl")
+    (data / "folder").symlink_to(tmp_path, target_is_directory=True)
+    assert _refused(roots, {"data.prompts": "prompts.jsonl"}).field == "data.prompts"
+    assert _refused(roots, {"data.sft": "folder/outside.jsonl"}).field == "data.sft"
+    (data / "inside.jsonl").symlink_to(data / "real.jsonl")  # a link within the root is fine
+    (data / "real.jsonl").write_text('{"prompt": "p"}\n')
+    cfg = _confined(roots, {"data.prompts": "inside.jsonl"})
+    assert cfg.data.prompts == data / "real.jsonl"
+
+
+def test_model_paths_must_be_model_folders_unless_presets(roots) -> None:
+    data = roots[0][0]
+    (data / "ckpt").mkdir()
+    cfg = _confined(roots, {"rm.labeler.fluency_model": "smollm2", "model.base": "tiny"})
+    assert (cfg.model.base, cfg.rm.labeler.fluency_model) == ("tiny", "smollm2")
+    with pytest.raises(InvalidConfig) as info:
+        _confined(roots, {"model.sft_checkpoint": "ckpt", "rm.labeler.fluency_model": "lm"})
+    assert [(e.field, e.message) for e in info.value.errors] == [
+        ("model.sft_checkpoint", f"no model folder (with config.json) at {data / 'ckpt'}"),
+        (
+            "rm.labeler.fluency_model",
+            f"not a preset (tiny, smollm2) and no model folder (with config.json) at {data / 'lm'}",
+        ),
+    ]
+    (data / "ckpt" / "config.json").write_text("{}")
+    assert _confined(roots, {"model.sft_checkpoint": "ckpt"}).model.sft_checkpoint == str(
+        data / "ckpt"
+    )
+
+
+def test_run_dir_is_left_to_the_service(roots) -> None:
+    """JobService.create puts the run in runs_root/<job id> whatever the request says."""
+    assert _confined(roots, {"output.run_dir": "/etc"}).output.run_dir == Path("/etc")
+    assert _refused(roots, {"output.cache_dir": "/etc"}).field == "output.cache_dir"
+
+
+def test_a_preset_linking_out_of_the_configs_root_is_refused_and_not_listed(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "configs"
+    root.mkdir()
+    (root / "good.yaml").write_text("name: good\n")
+    (tmp_path / "secret.yaml").write_text("name: secret\n")
+    (root / "evil.yaml").symlink_to(tmp_path / "secret.yaml")
+    (root / "dangling.yaml").symlink_to(tmp_path / "missing.yaml")
+    (root / "alias.yaml").symlink_to(root / "good.yaml")  # a link within the folder is fine
+    assert list_presets(root) == ["alias", "good"]
+    for name in ("evil", "dangling"):
+        with pytest.raises(PathNotAllowed) as info:
+            load_preset(root, name)
+        assert info.value.field == "preset"
+        assert str(info.value) == (
+            f"preset: {name!r} is a link leading outside the presets folder ({root})"
+        )
+    assert load_preset(root, "alias") == {"name": "good"}
+    with pytest.raises(InvalidConfig, match="no preset 'nope' \\(available: alias, good\\)"):
+        load_preset(root, "nope")

@@ -3,9 +3,12 @@ nothing) once actors are running."""
 
 from __future__ import annotations
 
-import pytest
+import typing
 
-from instructray.config import ConfigError, load_config
+import pytest
+from pydantic import BaseModel
+
+from instructray.config import ConfigError, JobConfig, load_config
 
 
 def _error(overrides: list[str]) -> str:
@@ -83,3 +86,49 @@ def test_preference_model_pretraining_needs_the_task():
     )
     assert "rm.pmp_pairs" in message and "data.task" in message
     assert load_config(None, ["stages=[rm]", "rm.pmp_pairs=8"]).rm.pmp_pairs == 8
+
+
+def test_registry_names_are_checked_against_the_algorithms():
+    """The config's names of KL estimators and DPO losses are those the algorithms implement
+    (the config does not import torch, so it spells them out: this keeps the two in step)."""
+    from instructray.algorithms import KLEstimator, dpo_loss
+    from instructray.config import DPOStageConfig, KLConfig
+
+    kl = KLConfig.model_fields["estimator"].annotation
+    assert typing.get_args(kl) == typing.get_args(KLEstimator) == ("k1", "k2", "k3")
+    loss = DPOStageConfig.model_fields["loss_type"].annotation
+    hints = typing.get_type_hints(dpo_loss)
+    assert typing.get_args(loss) == typing.get_args(hints["loss_type"]) == ("sigmoid", "ipo")
+    assert "ppo.kl.estimator" in _error(["ppo.kl.estimator=k4"])
+    assert "dpo.loss_type" in _error(["dpo.loss_type=hinge"])
+
+
+def _float_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    names = []
+    for name, field in model.model_fields.items():
+        inner, stack = set(), [field.annotation]
+        while stack:
+            item = stack.pop()
+            inner.add(item)
+            stack.extend(typing.get_args(item))
+        if float in inner:
+            names.append(f"{prefix}{name}")
+        for t in inner:
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                names += _float_fields(t, f"{prefix}{name}.")
+    return names
+
+
+FLOAT_FIELDS = _float_fields(JobConfig)
+
+
+def test_the_float_fields_are_found():
+    assert len(FLOAT_FIELDS) > 30
+    assert {"ppo.policy_optim.lr", "ppo.kl.init_coef", "eval.confidence"} <= set(FLOAT_FIELDS)
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+def test_every_float_field_refuses_non_finite_numbers(field, value):
+    msg = _error([f"{field}={value}"])
+    assert f"{field}: Input should be a finite number" in msg

@@ -131,3 +131,28 @@ def test_a_missing_checkpoint_fails_before_ray_starts(tmp_path: Path) -> None:
         run_job(cfg)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "model.sft_checkpoint" in summary["error"]
+
+
+@pytest.mark.usefixtures("no_ray")
+@pytest.mark.parametrize("field", ["model.base", "rm.labeler.fluency_model"])
+def test_a_missing_model_folder_fails_before_ray_starts(tmp_path: Path, field: str) -> None:
+    """Every model path the config marks (not only the checkpoints) is checked up front: the
+    CLI says which field, instead of a traceback from the model loader."""
+    missing = tmp_path / "no-model"
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            "stages=[sft]",
+            f"{field}={missing}",
+            f"output.run_dir={tmp_path / 'run'}",
+            "output.tensorboard=false",
+            f"output.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
+    with pytest.raises(ConfigError) as err:
+        run_job(cfg)
+    assert str(err.value) == (
+        f"{field}: {missing} does not exist; give a preset (tiny, smollm2) or a local Hugging "
+        "Face model folder"
+    )
+    assert not (tmp_path / "cache").exists()  # refused before any base model was built
