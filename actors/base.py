@@ -15,7 +15,12 @@ import torch
 
 from instructray.models import disable_dropout, train_top_layers
 from instructray.rollout.weights import write_file
-from instructray.training.engine import EngineSpec, build_engine, full_state_dict, init_distributed
+from instructray.training.deepspeed_model import (
+    DeepSpeedSpec,
+    build_deepspeed_model,
+    full_state_dict,
+    init_distributed,
+)
 from instructray.training.forward import Batch, to_device
 from instructray.training.guard import check_finite, check_gradients
 from instructray.training.train_state import rng_state, set_rng_state
@@ -31,8 +36,8 @@ class RankActor:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         torch.manual_seed(seed + rank)
-        self.engine: Any = None
-        self.spec: EngineSpec | None = None
+        self.ds_model: Any = None
+        self.spec: DeepSpeedSpec | None = None
         self.model: torch.nn.Module | None = None
         self.tokenizer: Any = None
 
@@ -46,8 +51,8 @@ class RankActor:
     def init_process_group(self, master_addr: str, master_port: int) -> None:
         init_distributed(self.rank, self.world_size, master_addr, master_port)
 
-    def _attach(self, model: torch.nn.Module, spec: EngineSpec | None) -> None:
-        """Trainable roles get a DeepSpeed engine; frozen ones a plain eval-mode module."""
+    def _attach(self, model: torch.nn.Module, spec: DeepSpeedSpec | None) -> None:
+        """Trainable roles get a DeepSpeed-wrapped model; frozen ones a plain eval-mode module."""
         if spec is None:
             self.model = model.to(self.device).eval().requires_grad_(False)
             return
@@ -57,8 +62,8 @@ class RankActor:
         if spec.trainable_layers is not None:
             train_top_layers(model, spec.trainable_layers)
         self.spec = spec
-        self.engine = build_engine(model, spec)
-        self.model = self.engine.module
+        self.ds_model = build_deepspeed_model(model, spec)
+        self.model = self.ds_model.module
         self.model.train()
 
     def _batch(self, batch: Batch) -> Batch:
@@ -66,22 +71,22 @@ class RankActor:
 
     # -- optimizer steps that refuse NaN and inf (see instructray.training.guard) -------------
     def _where(self, what: str) -> str:
-        return f"{what} (rank {self.rank}), optimizer step {self.engine.global_steps + 1}"
+        return f"{what} (rank {self.rank}), optimizer step {self.ds_model.global_steps + 1}"
 
     def _backward(self, loss: torch.Tensor, what: str) -> None:
         check_finite({"loss": loss}, self._where(what))
-        self.engine.backward(loss)
+        self.ds_model.backward(loss)
 
     def _step(self, what: str) -> None:
         """The optimizer step; at an accumulation boundary the gradients are checked first."""
-        if self.engine.is_gradient_accumulation_boundary():
-            check_gradients(self.engine.module.named_parameters(), self._where(what))
-        self.engine.step()
+        if self.ds_model.is_gradient_accumulation_boundary():
+            check_gradients(self.ds_model.module.named_parameters(), self._where(what))
+        self.ds_model.step()
 
     def state_dict(self, copy: bool = True) -> dict[str, torch.Tensor] | None:
         """Full weights on rank 0 (None elsewhere); all ranks must call it under ZeRO-3."""
-        if self.engine is not None:
-            return full_state_dict(self.engine, copy=copy)
+        if self.ds_model is not None:
+            return full_state_dict(self.ds_model, copy=copy)
         assert self.model is not None
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
@@ -129,12 +134,12 @@ class RankActor:
         """Weights, optimizer, ZeRO partitions and LR scheduler (DeepSpeed's checkpoint) and
         this rank's RNG; every rank must call it. Ranks on other nodes need ``directory`` on a
         shared file system."""
-        self.engine.save_checkpoint(directory, tag=DEEPSPEED_TAG, save_latest=False)
+        self.ds_model.save_checkpoint(directory, tag=DEEPSPEED_TAG, save_latest=False)
         torch.save(rng_state(), Path(directory) / f"rng-rank{self.rank}.pt")
 
     def load_train_state(self, directory: str) -> int:
         """Restore `save_train_state`'s folder; returns the optimizer steps taken so far."""
-        path, _client_state = self.engine.load_checkpoint(
+        path, _client_state = self.ds_model.load_checkpoint(
             directory,
             tag=DEEPSPEED_TAG,
             load_optimizer_states=True,
@@ -144,7 +149,7 @@ class RankActor:
             raise FileNotFoundError(f"no DeepSpeed checkpoint of rank {self.rank} in {directory}")
         rng = Path(directory) / f"rng-rank{self.rank}.pt"
         set_rng_state(torch.load(rng, weights_only=False))
-        return int(self.engine.global_steps)
+        return int(self.ds_model.global_steps)
 
     def load_tokenizer(self, path: str) -> None:
         from instructray.models import load_tokenizer

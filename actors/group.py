@@ -10,17 +10,41 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
-_OWNER: dict[str, tuple[int, str]] = {}
-"""(group, "role (rank i of n)") of each pending result by its id (not the ref itself, which
-would keep the object alive), so a failure can name them."""
+Method = Callable[[Any], Any]
+"""Picks a method of an actor handle, e.g. ``lambda a: a.train_ppo``; the group calls
+``.remote`` on it, so callers never hold Ray handles."""
+
+DEFAULT_CALL_TIMEOUT_S = 1800.0
+DEFAULT_START_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class _Owner:
+    group: int
+    label: str
+    """"role (rank i of n)", to name the rank in an error."""
+    timeout_s: float
+
+
+_OWNER: dict[str, _Owner] = {}
+"""The owner of each pending result by its id (not the ref itself, which would keep the object
+alive), so a failure or a timeout can name the role and rank."""
 
 
 class RoleError(RuntimeError):
-    """A rank of a role failed: its method raised, or its process died (``died``)."""
+    """A rank of a role failed: its method raised, its process died (``died``), or it did not
+    answer within its group's call timeout (``hung``)."""
 
-    def __init__(self, message: str, died: bool = False) -> None:
+    def __init__(self, message: str, died: bool = False, hung: bool = False) -> None:
         super().__init__(message)
         self.died = died
+        self.hung = hung
+
+    @property
+    def restartable(self) -> bool:
+        """A lost or stuck process: starting the stage again from a train state can help;
+        a method that raised (NaN, a bug) would only raise again."""
+        return self.died or self.hung
 
 
 @dataclass(frozen=True)
@@ -32,10 +56,20 @@ class RolePlacement:
     num_cpus: float
     num_gpus: float = 0.0
     env_vars: dict[str, str] = field(default_factory=dict)
+    call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S
+    """Longest wait for one call on a rank before it is taken as hung."""
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S
+    """Longest wait for the ranks' processes to start (Ray holds an actor back, without an
+    error, while the cluster lacks the resources it asks for)."""
 
 
 class ActorGroup:
-    """N ranks of one actor class; rank i gets ``(rank=i, world_size=N, **init_kwargs)``."""
+    """N ranks of one actor class; rank i gets ``(rank=i, world_size=N, **init_kwargs)``.
+
+    Every call names a method with a selector (``lambda a: a.load``): ``call`` runs it on every
+    rank with the same arguments, ``map`` with one shard per rank, ``call_rank0`` on rank 0;
+    each waits (bounded by the placement's timeout) and its ``*_async`` twin returns refs for
+    `wait`."""
 
     def __init__(
         self,
@@ -50,67 +84,100 @@ class ActorGroup:
             num_gpus=placement.num_gpus,
             runtime_env={"env_vars": placement.env_vars} if placement.env_vars else None,
         )
-        self.actors = [
+        self._actors = [
             remote_cls.remote(rank=rank, world_size=placement.actors, **init_kwargs)
             for rank in range(placement.actors)
         ]
+        self._wait_started()
         if distributed:
-            addr, port = ray.get(self.actors[0].free_address.remote())
-            ray.get([a.init_process_group.remote(addr, port) for a in self.actors])
+            addr, port = self.call_rank0(lambda a: a.free_address)
+            self.call(lambda a: a.init_process_group, addr, port)
 
     @property
     def world_size(self) -> int:
-        return len(self.actors)
+        return len(self._actors)
+
+    def _wait_started(self) -> None:
+        p = self.placement
+        ready = [a.__ray_ready__.remote() for a in self._actors]
+        started, _ = ray.wait(ready, num_returns=len(ready), timeout=p.start_timeout_s)
+        if len(started) < len(ready):
+            self.shutdown(close_timeout_s=0)
+            raise RoleError(
+                f"{len(ready) - len(started)} of the {len(ready)} {p.name} ranks did not start "
+                f"within {p.start_timeout_s:g} s (ray.start_timeout_s); each asks for "
+                f"num_cpus={p.num_cpus:g}, num_gpus={p.num_gpus:g}: `ray status` shows whether "
+                "the cluster has them (lower resources.*.num_cpus or add nodes)"
+            )
+        wait(self._owned(ready))  # a constructor that raised is reported here
 
     def _owned(self, refs: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
         for rank, ref in enumerate(refs):
-            _OWNER[ref.hex()] = (id(self), f"{self.placement.name} (rank {rank} of {len(refs)})")
+            label = f"{self.placement.name} (rank {rank} of {self.world_size})"
+            _OWNER[ref.hex()] = _Owner(id(self), label, self.placement.call_timeout_s)
         return refs
 
-    def call(self, fn: Callable[[Any, int], ray.ObjectRef]) -> list[Any]:
-        """``fn(actor, rank)`` on every rank at once; waits and returns the results by rank."""
-        return wait(self.submit(fn))
+    def call_async(self, method: Method, *args: Any) -> list[ray.ObjectRef]:
+        """``method`` on every rank with the same arguments, without waiting."""
+        return self._owned([method(actor).remote(*args) for actor in self._actors])
 
-    def submit(self, fn: Callable[[Any, int], ray.ObjectRef]) -> list[ray.ObjectRef]:
-        """Like `call` without waiting, so several roles can work at the same time."""
-        return self._owned([fn(actor, rank) for rank, actor in enumerate(self.actors)])
+    def call(self, method: Method, *args: Any) -> list[Any]:
+        """``method`` on every rank with the same arguments; the results by rank."""
+        return wait(self.call_async(method, *args))
 
-    def map_async(
-        self, method: Callable[[Any], Any], shards: Sequence[Any], *common: Any
-    ) -> list[ray.ObjectRef]:
-        """``method(actor).remote(shard, *common)`` with one shard per rank, without waiting."""
-        if len(shards) != len(self.actors):
-            raise ValueError(f"{len(shards)} shards for {len(self.actors)} ranks")
+    def map_async(self, method: Method, shards: Sequence[Any], *common: Any) -> list[ray.ObjectRef]:
+        """``method(shard, *common)`` on rank i for the i-th shard, without waiting; fewer
+        shards than ranks leave the last ranks idle."""
+        if len(shards) > len(self._actors):
+            raise ValueError(f"{len(shards)} shards for {len(self._actors)} ranks")
         return self._owned(
-            [method(a).remote(s, *common) for a, s in zip(self.actors, shards, strict=True)]
+            [method(a).remote(s, *common) for a, s in zip(self._actors, shards, strict=False)]
         )
 
-    def map(self, method: Callable[[Any], Any], shards: Sequence[Any], *common: Any) -> list[Any]:
+    def map(self, method: Method, shards: Sequence[Any], *common: Any) -> list[Any]:
         return wait(self.map_async(method, shards, *common))
 
-    def call_rank0(self, fn: Callable[[Any], ray.ObjectRef]) -> Any:
-        return wait(self._owned([fn(self.actors[0])]))[0]
+    def call_rank0_async(self, method: Method, *args: Any) -> ray.ObjectRef:
+        return self._owned([method(self._actors[0]).remote(*args)])[0]
+
+    def call_rank0(self, method: Method, *args: Any) -> Any:
+        return wait([self.call_rank0_async(method, *args)])[0]
 
     def shutdown(self, close_timeout_s: float = 60.0) -> None:
         """Let every rank `close` (bounded wait: a hung or dead one is killed all the same),
         then kill them."""
-        closing = [a.close.remote() for a in self.actors if hasattr(a, "close")]
+        closing = [a.close.remote() for a in self._actors if hasattr(a, "close")]
         if closing:
             ray.wait(closing, num_returns=len(closing), timeout=close_timeout_s)
-        for actor in self.actors:
+        for actor in self._actors:
             ray.kill(actor)
-        self.actors = []
-        for key in [k for k, (group, _) in _OWNER.items() if group == id(self)]:
+        self._actors = []
+        for key in [k for k, owner in _OWNER.items() if owner.group == id(self)]:
             del _OWNER[key]  # results nobody waited for (another rank had failed first)
 
 
 def wait(refs: Sequence[ray.ObjectRef]) -> list[Any]:
-    """The results of ``refs``; a failure is re-raised as `RoleError` naming role and rank."""
+    """The results of ``refs``; a failure is re-raised as `RoleError` naming role and rank, and
+    so is a result not ready within the longest call timeout of the groups involved."""
     refs = list(refs)
+    owners = [_OWNER.get(r.hex()) for r in refs]
+    timeout_s = max((o.timeout_s for o in owners if o), default=DEFAULT_CALL_TIMEOUT_S)
     try:
-        return ray.get(refs)
+        return ray.get(refs, timeout=timeout_s)
+    except GetTimeoutError:
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        late = [
+            o.label if o else "an actor"
+            for r, o in zip(refs, owners, strict=True)
+            if r not in ready
+        ]
+        raise RoleError(
+            f"{', '.join(late)} did not answer within {timeout_s:g} s (ray.call_timeout_s): "
+            "taken as hung",
+            hung=True,
+        ) from None
     except RayError as err:
-        owner = next((_OWNER[r.hex()][1] for r in refs if r.hex() in _OWNER and _failed(r)), None)
+        owner = next((o.label for r, o in zip(refs, owners, strict=True) if o and _failed(r)), None)
         # A rank killed inside a collective also fails its peers' calls: any death counts.
         died = isinstance(err, RayActorError) or any(_died(r) for r in refs)
         what = "died" if isinstance(err, RayActorError) else "failed"

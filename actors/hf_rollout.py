@@ -12,9 +12,9 @@ import torch
 from instructray.actors.base import RankActor
 from instructray.config import SamplingConfig
 from instructray.models import load_causal_lm
+from instructray.rollout.batch import Rollout
 from instructray.rollout.weights import read_file, state_bytes
-from instructray.training.engine import torch_dtype
-from instructray.training.forward import Batch
+from instructray.training.deepspeed_model import torch_dtype
 
 
 def response_mask(responses: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
@@ -62,7 +62,7 @@ class HFRolloutActor(RankActor):
     @torch.no_grad()
     def generate(
         self, prompts: list[list[int]], sampling: SamplingConfig, n: int, seed: int
-    ) -> Batch:
+    ) -> Rollout:
         """``n`` samples for each prompt (token ids), as `[left-padded prompt | response]`."""
         assert self.model is not None
         tok = self.tokenizer
@@ -94,8 +94,8 @@ class HFRolloutActor(RankActor):
         responses = out[:, width:]
         action_mask = response_mask(responses, tok.eos_token_id, tok.pad_token_id)
         attention_mask = torch.cat([prompt_mask.repeat_interleave(n, dim=0), action_mask.long()], 1)
-        return {
-            "sequences": out.masked_fill(attention_mask == 0, tok.pad_token_id),
-            "attention_mask": attention_mask,
-            "action_mask": action_mask,
-        }
+        return Rollout(
+            sequences=out.masked_fill(attention_mask == 0, tok.pad_token_id),
+            attention_mask=attention_mask,
+            action_mask=action_mask,
+        )

@@ -19,11 +19,12 @@ from instructray.algorithms import (
     ptx_loss,
     sft_loss,
 )
-from instructray.config import DPOStageConfig, PPOStageConfig
+from instructray.config.rank import DPOLossParams, PolicyLossParams
 from instructray.models import load_causal_lm
-from instructray.training.engine import EngineSpec, current_lr, torch_dtype
+from instructray.training.deepspeed_model import DeepSpeedSpec, current_lr, torch_dtype
 from instructray.training.forward import (
     Batch,
+    PolicyShard,
     action_logprobs,
     lm_logits,
     micro_batches,
@@ -39,7 +40,7 @@ def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 class CausalLMActor(RankActor):
-    def load(self, path: str, dtype: str, spec: EngineSpec | None) -> None:
+    def load(self, path: str, dtype: str, spec: DeepSpeedSpec | None) -> None:
         self.load_tokenizer(path)
         self._attach(load_causal_lm(path, torch_dtype(dtype)), spec)
 
@@ -63,7 +64,7 @@ class CausalLMActor(RankActor):
             self._step("language model")
             rows.append({"loss": loss.item(), "tokens": float(mb["loss_mask"].sum())})
         tokens = sum(row.pop("tokens") for row in rows)
-        return {**_mean_metrics(rows), "tokens": tokens, "lr": current_lr(self.engine)}
+        return {**_mean_metrics(rows), "tokens": tokens, "lr": current_lr(self.ds_model)}
 
     @torch.no_grad()
     def eval_lm(self, batch: Batch) -> dict[str, float]:
@@ -107,7 +108,7 @@ class CausalLMActor(RankActor):
         return torch.cat(chosen).cpu(), torch.cat(rejected).cpu()
 
     # -- DPO ----------------------------------------------------------------------------------
-    def _dpo_step(self, mb: Batch, cfg: DPOStageConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    def _dpo_step(self, mb: Batch, loss: DPOLossParams) -> tuple[torch.Tensor, dict[str, float]]:
         chosen = self._sequence_logps(mb["chosen_ids"], mb["chosen_mask"], mb["chosen_loss_mask"])
         rejected = self._sequence_logps(
             mb["rejected_ids"], mb["rejected_mask"], mb["rejected_loss_mask"]
@@ -117,9 +118,9 @@ class CausalLMActor(RankActor):
             rejected,
             mb["ref_chosen_logps"],
             mb["ref_rejected_logps"],
-            beta=cfg.beta,
-            loss_type=cfg.loss_type,
-            label_smoothing=cfg.label_smoothing,
+            beta=loss.beta,
+            loss_type=loss.loss_type,
+            label_smoothing=loss.label_smoothing,
         )
         margin = chosen_r - rejected_r
         return loss, {
@@ -130,29 +131,29 @@ class CausalLMActor(RankActor):
             "rejected_reward": rejected_r.mean().item(),
         }
 
-    def train_dpo(self, batch: Batch, cfg: DPOStageConfig) -> dict[str, float]:
+    def train_dpo(self, batch: Batch, params: DPOLossParams) -> dict[str, float]:
         rows = []
         for mb in self._micro_batches(batch):
-            loss, metrics = self._dpo_step(mb, cfg)
+            loss, metrics = self._dpo_step(mb, params)
             self._backward(loss, "DPO policy")
             self._step("DPO policy")
             rows.append(metrics)
-        return {**_mean_metrics(rows), "lr": current_lr(self.engine)}
+        return {**_mean_metrics(rows), "lr": current_lr(self.ds_model)}
 
     @torch.no_grad()
-    def eval_dpo(self, batch: Batch, cfg: DPOStageConfig) -> dict[str, float]:
+    def eval_dpo(self, batch: Batch, params: DPOLossParams) -> dict[str, float]:
         """Per-pair means over the held-out pairs, a chunk at a time."""
         rows, sizes = [], []
         for mb in micro_batches(self._batch(batch), EVAL_CHUNK):
-            rows.append(self._dpo_step(mb, cfg)[1])
+            rows.append(self._dpo_step(mb, params)[1])
             sizes.append(mb["chosen_ids"].shape[0])
         total = sum(sizes)
         return {k: sum(r[k] * n for r, n in zip(rows, sizes, strict=True)) / total for k in rows[0]}
 
     # -- PPO(-ptx) ----------------------------------------------------------------------------
-    def train_ppo(self, batch: Batch, ptx: Batch | None, cfg: PPOStageConfig) -> dict[str, float]:
+    def train_ppo(self, shard: PolicyShard, params: PolicyLossParams) -> dict[str, float]:
         """One optimizer step on a PPO mini-batch (this rank's share), micro-batched."""
-        micro = self._micro_batches(batch)
+        micro, ptx = self._micro_batches(shard.rollout), shard.ptx
         # One slice of the ptx texts per micro-batch, never fewer: DeepSpeed steps the
         # optimizer after exactly grad_accum_steps backward passes.
         ptx_micro: list[Batch | None] = (
@@ -166,18 +167,18 @@ class CausalLMActor(RankActor):
                 mb["sequences"],
                 mb["attention_mask"],
                 mask.shape[1],
-                cfg.sampling.temperature,
+                params.temperature,
             )
             pg_loss, clip_frac, approx_kl = policy_loss_clipped(
                 logps,
                 mb["logprobs"],
                 mb["advantages"],
                 mask,
-                cfg.clip_eps,
+                params.clip_eps,
                 token_weights=mb.get("is_weights"),
             )
             entropy = entropy_bonus(entropy_from_logits(logits), mask)
-            loss = pg_loss - cfg.entropy_coef * entropy
+            loss = pg_loss - params.entropy_coef * entropy
             metrics = {
                 "policy_loss": pg_loss.item(),
                 "clip_fraction": float(clip_frac),
@@ -185,12 +186,12 @@ class CausalLMActor(RankActor):
                 "entropy": entropy.item(),
                 "logprob_drift": masked_mean((logps - mb["logprobs"]).abs(), mask).item(),
             }
-            if ptx_mb is not None and cfg.ptx_coef > 0:
+            if ptx_mb is not None and params.ptx_coef > 0:
                 ptx_logits = lm_logits(self.model, ptx_mb["input_ids"], ptx_mb["attention_mask"])
                 lm = ptx_loss(ptx_logits, ptx_mb["input_ids"], ptx_mb["attention_mask"])
-                loss = loss + cfg.ptx_coef * lm
+                loss = loss + params.ptx_coef * lm
                 metrics["ptx_loss"] = lm.item()
             self._backward(loss, "PPO policy")
             self._step("PPO policy")
             rows.append(metrics)
-        return {**_mean_metrics(rows), "policy_lr": current_lr(self.engine)}
+        return {**_mean_metrics(rows), "policy_lr": current_lr(self.ds_model)}

@@ -9,14 +9,14 @@ import torch
 
 from instructray.actors.base import RankActor
 from instructray.algorithms import pairwise_ranking_loss, value_loss_clipped
-from instructray.config import PPOStageConfig
+from instructray.config.rank import CriticLossParams
 from instructray.models import load_value_model, sequence_scores
-from instructray.training.engine import EngineSpec, current_lr, torch_dtype
+from instructray.training.deepspeed_model import DeepSpeedSpec, current_lr, torch_dtype
 from instructray.training.forward import Batch, action_values, micro_batches
 
 
 class ValueModelActor(RankActor):
-    def load(self, path: str, dtype: str, spec: EngineSpec | None) -> None:
+    def load(self, path: str, dtype: str, spec: DeepSpeedSpec | None) -> None:
         self.load_tokenizer(path)
         self._attach(load_value_model(path, torch_dtype(dtype)), spec)
 
@@ -45,7 +45,11 @@ class ValueModelActor(RankActor):
             self._step("reward model")
             losses.append(loss.item())
             accuracies.append(float(accuracy))
-        return {"loss": fmean(losses), "accuracy": fmean(accuracies), "lr": current_lr(self.engine)}
+        return {
+            "loss": fmean(losses),
+            "accuracy": fmean(accuracies),
+            "lr": current_lr(self.ds_model),
+        }
 
     @torch.no_grad()
     def eval_rm(self, batch: Batch) -> dict[str, float]:
@@ -72,20 +76,20 @@ class ValueModelActor(RankActor):
             self.model, batch["sequences"], batch["attention_mask"], batch["action_mask"].shape[1]
         ).cpu()
 
-    def train_critic(self, batch: Batch, cfg: PPOStageConfig) -> dict[str, float]:
+    def train_critic(self, batch: Batch, params: CriticLossParams) -> dict[str, float]:
         assert self.spec is not None, "this actor was loaded without an optimizer"
         rows = []
         for mb in micro_batches(self._batch(batch), self.spec.micro_batch_size):
             mask = mb["action_mask"]
             values = action_values(self.model, mb["sequences"], mb["attention_mask"], mask.shape[1])
             loss, clip_frac = value_loss_clipped(
-                values, mb["values"], mb["returns"], mask, cfg.value_clip_eps
+                values, mb["values"], mb["returns"], mask, params.value_clip_eps
             )
-            self._backward(cfg.value_loss_coef * loss, "PPO critic")
+            self._backward(params.value_loss_coef * loss, "PPO critic")
             self._step("PPO critic")
             rows.append((loss.item(), float(clip_frac)))
         return {
             "value_loss": fmean(r[0] for r in rows),
             "value_clip_fraction": fmean(r[1] for r in rows),
-            "critic_lr": current_lr(self.engine),
+            "critic_lr": current_lr(self.ds_model),
         }

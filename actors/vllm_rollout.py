@@ -19,8 +19,8 @@ import torch
 
 from instructray.actors.base import RankActor
 from instructray.config import RolloutConfig, SamplingConfig
+from instructray.rollout.batch import Rollout
 from instructray.rollout.weights import bucketize, pack, state_bytes
-from instructray.training.forward import Batch
 
 EXTENSION = "instructray.rollout.vllm_ext.WeightSyncExtension"
 
@@ -88,7 +88,7 @@ class VLLMRolloutActor(RankActor):
     @exit_if_engine_dead
     def generate(
         self, prompts: list[list[int]], sampling: SamplingConfig, n: int, seed: int
-    ) -> Batch:
+    ) -> Rollout:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -114,9 +114,9 @@ class VLLMRolloutActor(RankActor):
                 ids = list(sample.token_ids)
                 logps = [step[tok].logprob for tok, step in zip(ids, sample.logprobs, strict=True)]
                 rows.append((prompt, ids, logps))
-        return self._to_batch(rows)
+        return self._to_rollout(rows)
 
-    def _to_batch(self, rows: list[tuple[list[int], list[int], list[float]]]) -> Batch:
+    def _to_rollout(self, rows: list[tuple[list[int], list[int], list[float]]]) -> Rollout:
         pad = self.tokenizer.pad_token_id
         width = max(len(p) for p, _, _ in rows)
         resp_width = max(1, max(len(r) for _, r, _ in rows))
@@ -132,12 +132,7 @@ class VLLMRolloutActor(RankActor):
             attention_mask[i, start : width + len(response)] = 1
             action_mask[i, : len(response)] = True
             rollout_logprobs[i, : len(response)] = torch.tensor(logps)
-        return {
-            "sequences": sequences,
-            "attention_mask": attention_mask,
-            "action_mask": action_mask,
-            "rollout_logprobs": rollout_logprobs,
-        }
+        return Rollout(sequences, attention_mask, action_mask, logprobs=rollout_logprobs)
 
     @exit_if_engine_dead
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -68,14 +68,15 @@ def timed(fn: Any, *args: Any) -> tuple[Any, float]:
 
 
 def run_config(path: Path, dtype: str, zero: int, args: argparse.Namespace) -> dict[str, Any]:
+    from instructray.actors.hf_rollout import HFRolloutActor
     from instructray.actors.policy import CausalLMActor
-    from instructray.actors.rollout import HFRolloutActor
     from instructray.actors.value import ValueModelActor
     from instructray.algorithms import get_advantage_estimator
     from instructray.config import OptimConfig, PPOStageConfig, SamplingConfig
+    from instructray.config.rank import CriticLossParams, PolicyLossParams
     from instructray.orchestrator.experience import assemble_experience
-    from instructray.training.engine import EngineSpec
-    from instructray.training.forward import action_logprobs
+    from instructray.training.deepspeed_model import DeepSpeedSpec
+    from instructray.training.forward import PolicyShard, action_logprobs
 
     mini, micro = args.mini_batch, args.micro_batch
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=32)
@@ -87,8 +88,8 @@ def run_config(path: Path, dtype: str, zero: int, args: argparse.Namespace) -> d
         sampling=sampling,
     )
 
-    def spec(lr: float) -> EngineSpec:
-        return EngineSpec(micro, mini // micro, zero, dtype, OptimConfig(lr=lr), dropout=False)
+    def spec(lr: float) -> DeepSpeedSpec:
+        return DeepSpeedSpec(micro, mini // micro, zero, dtype, OptimConfig(lr=lr), dropout=False)
 
     loaded, load_s = {}, time.perf_counter()
     for name, cls, engine in [
@@ -115,18 +116,19 @@ def run_config(path: Path, dtype: str, zero: int, args: argparse.Namespace) -> d
     generator = torch.Generator().manual_seed(0)
     try:
         for it in range(args.iterations):
-            batch, t_gen = timed(
+            sampled, t_gen = timed(
                 rollout.generate, prompts(tok, args.rollout_batch), sampling, 1, it
             )
+            batch = sampled.model_inputs()
             start = time.perf_counter()
             logprobs = policy.action_logprobs(batch)
             ref_logprobs = reference.action_logprobs(batch)
             scores = reward.scores(batch)
             values = critic.action_values(batch)
             t_score = time.perf_counter() - start
-            mask = batch["action_mask"]
+            mask = sampled.action_mask
             exp = assemble_experience(
-                batch,
+                sampled,
                 torch.arange(len(scores)),
                 logprobs,
                 ref_logprobs,
@@ -139,8 +141,9 @@ def run_config(path: Path, dtype: str, zero: int, args: argparse.Namespace) -> d
             )
             start, train = time.perf_counter(), []
             for mb in exp.minibatches(mini, generator):
-                train.append(policy.train_ppo(mb.policy_inputs(), None, cfg))
-                train[-1] |= critic.train_critic(mb.critic_inputs(), cfg)
+                shard = PolicyShard(mb.policy_inputs(), None)
+                train.append(policy.train_ppo(shard, PolicyLossParams.of(cfg)))
+                train[-1] |= critic.train_critic(mb.critic_inputs(), CriticLossParams.of(cfg))
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t_train = time.perf_counter() - start
@@ -228,7 +231,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    from instructray.training.engine import init_distributed
+    from instructray.training.deepspeed_model import init_distributed
 
     init_distributed(0, 1, "127.0.0.1", 29517 + (0 if torch.cuda.is_available() else 1))
     result: dict[str, Any] = {

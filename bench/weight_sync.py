@@ -50,7 +50,6 @@ def engine_sync(
     """Both transports into one engine: ``shm`` (write one safetensors file to /dev/shm, the
     engine reloads from it, the file is removed — as `orchestrator.weight_sync` does) and
     ``object_store`` (``load_weights(ref)``: fetch, bucket, RPC, reload)."""
-    import ray
 
     from instructray.orchestrator.roles import start_rollout
     from instructray.rollout.weights import write_file
@@ -58,19 +57,18 @@ def engine_sync(
     started = time.perf_counter()
     group = start_rollout(cfg, path)
     startup = time.perf_counter() - started
-    actor = group.actors[0]
     shm_file = Path("/dev/shm") / f"instructray-bench-{os.getpid()}.safetensors"
 
     def through_shm() -> dict[str, Any]:
         try:
             write_file(state, shm_file)
-            return ray.get(actor.load_weights_file.remote(str(shm_file)))
+            return group.call_rank0(lambda a: a.load_weights_file, str(shm_file))
         finally:
             shm_file.unlink(missing_ok=True)
 
     calls = {
         "shm": through_shm,
-        "object_store": lambda: ray.get(actor.load_weights.remote(state_ref)),
+        "object_store": lambda: group.call_rank0(lambda a: a.load_weights, state_ref),
     }
     result: dict[str, Any] = {"engine_startup_s": round(startup, 2)}
     try:
@@ -132,7 +130,7 @@ def main() -> None:
 
     sft, rm = checkpoints(args.preset)
     model = load_causal_lm(sft)
-    # As the policy's DeepSpeed engine hands it over (training.engine.full_state_dict): one
+    # As the policy's DeepSpeed engine hands it over (training.deepspeed_model.full_state_dict): one
     # CPU copy per tensor, so the tied embeddings are two separate tensors.
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     del model

@@ -24,12 +24,15 @@ from instructray.algorithms import (
     masked_sum,
 )
 from instructray.config import PPOStageConfig, RolloutConfig, SamplingConfig
+from instructray.config.rank import CriticLossParams, PolicyLossParams
 from instructray.data import PromptExample, TextExample
 from instructray.orchestrator.batching import cycle, lm_batch, prompt_ids
-from instructray.orchestrator.experience import Experience, assemble_experience, merge_rollouts
+from instructray.orchestrator.experience import Experience, assemble_experience
 from instructray.orchestrator.measure import RewardSource, forward_on
 from instructray.orchestrator.stages.common import Stopwatch
 from instructray.orchestrator.weight_sync import choose_weight_sync
+from instructray.rollout.batch import Rollout
+from instructray.training.forward import PolicyShard
 from instructray.training.guard import check_finite
 
 Batch = dict[str, torch.Tensor]
@@ -64,12 +67,10 @@ def generate_on(
     engines: ActorGroup, ids: list[list[int]], sampling: SamplingConfig, n: int, seed: int
 ) -> list[Any]:
     """Start sampling ``n`` responses per prompt, the prompts split between the engines;
-    `merge_rollouts` of the results is one batch in prompt order."""
+    `Rollout.merge` of the results is one batch in prompt order."""
     per_engine = -(-len(ids) // engines.world_size)
     chunks = [ids[i : i + per_engine] for i in range(0, len(ids), per_engine)]
-    chunks += [[] for _ in range(engines.world_size - len(chunks))]
-    busy = [(a, c) for a, c in zip(engines.actors, chunks, strict=True) if c]
-    return [a.generate.remote(c, sampling, n, seed) for a, c in busy]
+    return engines.map_async(lambda a: a.generate, chunks, sampling, n, seed)
 
 
 def make_kl_controller(cfg: PPOStageConfig) -> KLController:
@@ -202,7 +203,7 @@ class PPOCoordinator:
         group_ids = torch.arange(len(prompts)).repeat_interleave(cfg.samples_per_prompt)
         return PendingRollout(refs, group_ids, self.policy_version)
 
-    def next_rollout(self, iteration: int) -> tuple[Batch, torch.Tensor, int]:
+    def next_rollout(self, iteration: int) -> tuple[Rollout, torch.Tensor, int]:
         """This iteration's rollouts. In async mode up to ``async_queue`` later batches are
         already being generated (with the weights of their launch time) while we train.
         Also returns the policy version the batch was sampled with."""
@@ -211,26 +212,27 @@ class PPOCoordinator:
         batch = self.pending.popleft()
         while len(self.pending) < self.cfg.async_queue:
             self.pending.append(self.launch_generation(iteration + 1 + len(self.pending)))
-        rollout = merge_rollouts(wait(batch.refs), self.tokenizer.pad_token_id)
+        rollout = Rollout.merge(wait(batch.refs), self.tokenizer.pad_token_id)
         if self.colocate:
-            self.roles.rollout.call(lambda a, _r: a.sleep.remote())
+            self.roles.rollout.call(lambda a: a.sleep)
         return rollout, batch.group_ids, batch.version
 
-    def make_experience(self, rollout: Batch, group_ids: torch.Tensor) -> Experience:
+    def make_experience(self, rollout: Rollout, group_ids: torch.Tensor) -> Experience:
         """Score the rollouts on every model at once, then shape rewards and advantages."""
         roles, cfg = self.roles, self.cfg
         temperature = cfg.sampling.temperature
-        engine_logprobs = rollout.get("rollout_logprobs")
+        inputs = rollout.model_inputs()
+        engine_logprobs = rollout.logprobs
         from_engine = cfg.old_logprobs == "engine" and engine_logprobs is not None
         policy_refs = (
             []
             if from_engine
-            else forward_on(roles.policy, lambda a: a.action_logprobs, rollout, temperature)
+            else forward_on(roles.policy, lambda a: a.action_logprobs, inputs, temperature)
         )
-        ref_refs = forward_on(roles.reference, lambda a: a.action_logprobs, rollout, temperature)
+        ref_refs = forward_on(roles.reference, lambda a: a.action_logprobs, inputs, temperature)
         score_refs = self.reward.start(rollout)
         value_refs = (
-            forward_on(roles.critic, lambda a: a.action_values, rollout)
+            forward_on(roles.critic, lambda a: a.action_values, inputs)
             if roles.critic is not None
             else []
         )
@@ -267,16 +269,18 @@ class PPOCoordinator:
         policy_rows, critic_rows = [], []
         for _ in range(cfg.ppo_epochs):
             for mb in exp.minibatches(cfg.mini_batch_size, self.generator):
-                inputs = [s.policy_inputs() for s in mb.shard(roles.policy.world_size)]
+                shards = mb.shard(roles.policy.world_size)
                 ptx = self._ptx_shards(roles.policy.world_size)
-                policy_refs = roles.policy.submit(
-                    lambda a, r, inputs=inputs, ptx=ptx: a.train_ppo.remote(inputs[r], ptx[r], cfg)
+                policy_refs = roles.policy.map_async(
+                    lambda a: a.train_ppo,
+                    [PolicyShard(s.policy_inputs(), p) for s, p in zip(shards, ptx, strict=True)],
+                    PolicyLossParams.of(cfg),
                 )
                 critic_refs = []
                 if roles.critic is not None:
                     critic_inputs = [s.critic_inputs() for s in mb.shard(roles.critic.world_size)]
                     critic_refs = roles.critic.map_async(
-                        lambda a: a.train_critic, critic_inputs, cfg
+                        lambda a: a.train_critic, critic_inputs, CriticLossParams.of(cfg)
                     )
                 policy_rows += wait(policy_refs)
                 critic_rows += wait(critic_refs)

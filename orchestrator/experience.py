@@ -22,6 +22,7 @@ from instructray.algorithms import (
     whiten,
 )
 from instructray.config import PPOStageConfig
+from instructray.rollout.batch import Rollout
 
 
 @dataclass
@@ -114,16 +115,16 @@ class Experience:
         }
 
 
-def ended_with_eos(rollout: dict[str, torch.Tensor], eos_id: int) -> torch.Tensor:
+def ended_with_eos(rollout: Rollout, eos_id: int) -> torch.Tensor:
     """[B] bool: the response's last action is EOS (it stopped rather than being cut off)."""
-    mask = rollout["action_mask"].bool()
-    responses = rollout["sequences"][:, -mask.shape[1] :]
+    mask = rollout.action_mask.bool()
+    responses = rollout.responses
     last = (mask.sum(-1) - 1).clamp(min=0)
     return (responses.gather(1, last[:, None]).squeeze(1) == eos_id) & mask.any(-1)
 
 
 def assemble_experience(
-    rollout: dict[str, torch.Tensor],
+    rollout: Rollout,
     group_ids: torch.Tensor,
     logprobs: torch.Tensor,
     ref_logprobs: torch.Tensor,
@@ -137,11 +138,11 @@ def assemble_experience(
     """The coordinator's math on one scored rollout batch: the missing-EOS penalty, per-token
     KL, InstructGPT's shaped reward (RM score − β·KL), advantages and returns (whitened when
     configured) and, with engine log-probs and ``tis_cap``, truncated importance weights."""
-    engine_logprobs = rollout.get("rollout_logprobs")
+    engine_logprobs = rollout.logprobs
     ended = ended_with_eos(rollout, eos_id)
     if cfg.missing_eos_penalty:
         scores = penalize_missing_eos(scores, ended, cfg.missing_eos_penalty)
-    mask = rollout["action_mask"]
+    mask = rollout.action_mask
     kl = kl_penalty(logprobs, ref_logprobs, cfg.kl.estimator) * mask
     rewards = shape_rewards(scores, kl, mask, kl_coef, cfg.reward_clip)
     advantages, returns = estimator(
@@ -161,8 +162,8 @@ def assemble_experience(
     if cfg.tis_cap is not None and engine_logprobs is not None:
         is_weights = truncated_is_weights(logprobs, engine_logprobs, mask, cfg.tis_cap)
     return Experience(
-        sequences=rollout["sequences"],
-        attention_mask=rollout["attention_mask"],
+        sequences=rollout.sequences,
+        attention_mask=rollout.attention_mask,
         action_mask=mask,
         group_ids=group_ids,
         logprobs=logprobs,
@@ -177,25 +178,3 @@ def assemble_experience(
         rollout_logprobs=engine_logprobs,
         is_weights=is_weights,
     )
-
-
-def merge_rollouts(batches: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Concatenate rollout batches from several engines, re-padding prompts on the left and
-    responses on the right to common widths."""
-    if len(batches) == 1:
-        return batches[0]
-    prompt_width = max(b["sequences"].shape[1] - b["action_mask"].shape[1] for b in batches)
-    resp_width = max(b["action_mask"].shape[1] for b in batches)
-    merged: dict[str, list[torch.Tensor]] = {k: [] for k in batches[0]}
-    for b in batches:
-        p = b["sequences"].shape[1] - b["action_mask"].shape[1]
-        r = b["action_mask"].shape[1]
-        left, right = prompt_width - p, resp_width - r
-        for key, value in b.items():
-            if key in ("sequences", "attention_mask"):
-                fill = pad_id if key == "sequences" else 0
-                value = torch.nn.functional.pad(value, (left, right), value=fill)
-            else:
-                value = torch.nn.functional.pad(value, (0, right), value=0)
-            merged[key].append(value)
-    return {k: torch.cat(v) for k, v in merged.items()}

@@ -17,6 +17,7 @@ from instructray.actors.group import ActorGroup, wait
 from instructray.algorithms import kl_penalty, masked_sum
 from instructray.evaluation import EvalJudge, SampleSet, load_judge
 from instructray.orchestrator.experience import ended_with_eos
+from instructray.rollout.batch import Rollout
 from instructray.training.forward import split_batch
 
 Batch = dict[str, torch.Tensor]
@@ -32,13 +33,13 @@ def forward_on(
     return group.map_async(method, split_batch(batch, group.world_size), *common)
 
 
-def decode_rollout(tokenizer: Any, rollout: Batch) -> tuple[list[str], list[str]]:
+def decode_rollout(tokenizer: Any, rollout: Rollout) -> tuple[list[str], list[str]]:
     """(prompt, response) texts of each `[left-padded prompt | response]` row, special
     tokens skipped."""
-    width = rollout["action_mask"].shape[1]
+    width = rollout.num_actions
     prompts, responses = [], []
     for row, attn, actions in zip(
-        rollout["sequences"], rollout["attention_mask"], rollout["action_mask"], strict=True
+        rollout.sequences, rollout.attention_mask, rollout.action_mask, strict=True
     ):
         prompt = row[:-width][attn[:-width].bool()]
         prompts.append(tokenizer.decode(prompt, skip_special_tokens=True))
@@ -60,11 +61,13 @@ class RewardSource:
             raise ValueError("a reward comes from exactly one of a reward model or a function")
         return cls(model, None if function is None else load_judge(function), tokenizer)
 
-    def start(self, rollout: Batch) -> list[Any]:
+    def start(self, rollout: Rollout) -> list[Any]:
         """Start scoring on the reward model's actors (nothing to start for a function)."""
-        return [] if self.model is None else forward_on(self.model, lambda a: a.scores, rollout)
+        if self.model is None:
+            return []
+        return forward_on(self.model, lambda a: a.scores, rollout.model_inputs())
 
-    def result(self, started: list[Any], rollout: Batch) -> torch.Tensor:
+    def result(self, started: list[Any], rollout: Rollout) -> torch.Tensor:
         if self.function is None:
             return torch.cat(wait(started))
         prompts, responses = decode_rollout(self.tokenizer, rollout)
@@ -82,14 +85,15 @@ class SampleScorer:
     judges: Sequence[EvalJudge]
     tokenizer: Any
 
-    def score(self, rollout: Batch, prompts: Sequence[str], temperature: float) -> SampleSet:
+    def score(self, rollout: Rollout, prompts: Sequence[str], temperature: float) -> SampleSet:
         """One SampleSet for rollouts answering ``prompts`` (one sample each, same order)."""
-        policy_refs = forward_on(self.policy, lambda a: a.action_logprobs, rollout, temperature)
-        ref_refs = forward_on(self.reference, lambda a: a.action_logprobs, rollout, temperature)
+        inputs = rollout.model_inputs()
+        policy_refs = forward_on(self.policy, lambda a: a.action_logprobs, inputs, temperature)
+        ref_refs = forward_on(self.reference, lambda a: a.action_logprobs, inputs, temperature)
         reward_refs = self.reward.start(rollout) if self.reward is not None else []
         _, responses = decode_rollout(self.tokenizer, rollout)
         scores = {j.name: np.asarray(j.score(list(prompts), responses)) for j in self.judges}
-        mask = rollout["action_mask"]
+        mask = rollout.action_mask
         ref_logprobs = torch.cat(wait(ref_refs))
         kl = kl_penalty(torch.cat(wait(policy_refs)), ref_logprobs, "k1")
         if self.reward is not None:

@@ -15,9 +15,9 @@ from instructray.config import MonitorConfig, SamplingConfig
 from instructray.data import PromptExample
 from instructray.evaluation import EvalJudge, MonitorResult, RewardHackingMonitor
 from instructray.orchestrator.batching import prompt_ids
-from instructray.orchestrator.experience import merge_rollouts
+from instructray.orchestrator.coordinator import PPORoles, generate_on
 from instructray.orchestrator.measure import PROXY, RewardSource, SampleScorer
-from instructray.orchestrator.ppo import PPORoles, generate_on
+from instructray.rollout.batch import Rollout
 
 MONITOR_SEED = 7919
 """The same sampling seed at every observation: common random numbers make the comparison
@@ -60,10 +60,10 @@ class PPOMonitor:
         """Sample and score the monitor prompts with the engines' current weights (call it
         after a weight sync; iteration 0 is the SFT policy, the baseline)."""
         refs = generate_on(self.engines, self.ids, self.sampling, 1, MONITOR_SEED)
-        rollout = merge_rollouts(wait(refs), self.tokenizer.pad_token_id)
+        rollout = Rollout.merge(wait(refs), self.tokenizer.pad_token_id)
         if self.colocate:  # the scoring passes need the device the engine shares
-            self.engines.call(lambda a, _r: a.sleep.remote())
+            self.engines.call(lambda a: a.sleep)
         samples = self.scorer.score(rollout, self.prompts, self.sampling.temperature)
         if self.colocate:  # the next iteration generates first
-            self.engines.call(lambda a, _r: a.wake_up.remote())
+            self.engines.call(lambda a: a.wake_up)
         return self.detector.observe(iteration, samples)

@@ -63,7 +63,7 @@ class StageResume:
         tmp.mkdir(parents=True, exist_ok=True)
         for name, group in roles.items():
             folder = str(tmp / name)
-            group.call(lambda a, _r, folder=folder: a.save_train_state.remote(folder))
+            group.call(lambda a: a.save_train_state, folder)
         sizes = {name: group.world_size for name, group in roles.items()}
         save_driver_state(tmp, {"step": step, "world_sizes": sizes, **driver})
         return commit(self.root, step, self.keep_last)
@@ -81,7 +81,7 @@ class StageResume:
             )
         for name, group in roles.items():
             folder = str(self.source / name)
-            group.call(lambda a, _r, folder=folder: a.load_train_state.remote(folder))
+            group.call(lambda a: a.load_train_state, folder)
         return driver
 
     def load_evals(self, group: ActorGroup) -> dict[str, Any]:

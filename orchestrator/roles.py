@@ -9,11 +9,11 @@ from typing import Literal
 import ray
 
 from instructray.actors.group import ActorGroup, RolePlacement
+from instructray.actors.hf_rollout import HFRolloutActor
 from instructray.actors.policy import CausalLMActor
-from instructray.actors.rollout import HFRolloutActor
 from instructray.actors.value import ValueModelActor
 from instructray.config import JobConfig, OptimConfig
-from instructray.training.engine import EngineSpec
+from instructray.training.deepspeed_model import DeepSpeedSpec
 
 Role = Literal["policy", "critic", "reference", "reward", "rollout"]
 COLOCATED_ROLES = ("policy", "reference", "rollout")
@@ -90,11 +90,17 @@ def placement(cfg: JobConfig, role: Role) -> RolePlacement:
         # Policy, reference and engine share each GPU; the engine sleeps while others run.
         num_gpus = 1.0 / len(COLOCATED_ROLES)
     return RolePlacement(
-        name=role, actors=actors, num_cpus=res.num_cpus, num_gpus=num_gpus, env_vars=env
+        name=role,
+        actors=actors,
+        num_cpus=res.num_cpus,
+        num_gpus=num_gpus,
+        env_vars=env,
+        call_timeout_s=cfg.ray.call_timeout_s,
+        start_timeout_s=cfg.ray.start_timeout_s,
     )
 
 
-def engine_spec(
+def deepspeed_spec(
     cfg: JobConfig,
     batch_size: int,
     micro_batch_size: int,
@@ -103,7 +109,7 @@ def engine_spec(
     what: str,
     dropout: bool = True,
     trainable_layers: int | None = None,
-) -> EngineSpec:
+) -> DeepSpeedSpec:
     """Per-rank micro batch and accumulation steps so one optimizer step sees ``batch_size``."""
     if batch_size % world_size:
         raise ValueError(
@@ -116,7 +122,7 @@ def engine_spec(
         raise ValueError(
             f"{what}: per-rank batch {per_rank} is not a multiple of the micro batch {micro}"
         )
-    return EngineSpec(
+    return DeepSpeedSpec(
         micro_batch_size=micro,
         grad_accum_steps=per_rank // micro,
         # One rank has nothing to partition; ZeRO-1/2 would still copy every gradient
@@ -150,23 +156,31 @@ def _start_model(
     actor_cls: type,
     role: Role,
     path: str,
-    spec: EngineSpec | None,
+    spec: DeepSpeedSpec | None,
     torch_threads: int | None,
 ) -> ActorGroup:
     group = _start(cfg, actor_cls, role, spec is not None, torch_threads)
-    group.call(lambda a, _r: a.load.remote(path, cfg.model.dtype, spec))
+    group.call(lambda a: a.load, path, cfg.model.dtype, spec)
     return group
 
 
 def start_causal_lm(
-    cfg: JobConfig, role: Role, path: str, spec: EngineSpec | None, torch_threads: int | None = None
+    cfg: JobConfig,
+    role: Role,
+    path: str,
+    spec: DeepSpeedSpec | None,
+    torch_threads: int | None = None,
 ) -> ActorGroup:
     """Policy ranks (with an optimizer) or the frozen reference (spec None)."""
     return _start_model(cfg, CausalLMActor, role, path, spec, torch_threads)
 
 
 def start_value_model(
-    cfg: JobConfig, role: Role, path: str, spec: EngineSpec | None, torch_threads: int | None = None
+    cfg: JobConfig,
+    role: Role,
+    path: str,
+    spec: DeepSpeedSpec | None,
+    torch_threads: int | None = None,
 ) -> ActorGroup:
     """Reward-model or critic ranks; a causal-LM checkpoint gets a fresh scalar head."""
     return _start_model(cfg, ValueModelActor, role, path, spec, torch_threads)
@@ -176,11 +190,11 @@ def start_rollout(cfg: JobConfig, path: str) -> ActorGroup:
     """``rollout.num_engines`` engines (vLLM, or the HF generate() fallback), each a full copy."""
     if cfg.rollout.backend == "hf":
         group = _start(cfg, HFRolloutActor, "rollout", distributed=False)
-        group.call(lambda a, _r: a.load.remote(path, cfg.model.dtype))
+        group.call(lambda a: a.load, path, cfg.model.dtype)
         return group
     from instructray.actors.vllm_rollout import VLLMRolloutActor
 
     engine = cfg.rollout.model_copy(update={"seed": cfg.seed})
     group = _start(cfg, VLLMRolloutActor, "rollout", distributed=False)
-    group.call(lambda a, _r: a.load.remote(path, cfg.model.dtype, engine))
+    group.call(lambda a: a.load, path, cfg.model.dtype, engine)
     return group

@@ -28,21 +28,21 @@ class WeightSync:
     def __call__(self, policy: ActorGroup, engines: ActorGroup) -> dict[str, float]:
         """Push the policy's current weights; returns rank-0 engine timings."""
         if self.colocate:
-            engines.call(lambda a, _r: a.wake_up.remote())
+            engines.call(lambda a: a.wake_up)
         if self.transport == "shm":
             return self._through_shared_memory(policy, engines)
-        state_refs = policy.submit(lambda a, _r: a.state_dict.remote())
-        infos = engines.call(lambda a, _r: a.load_weights.remote(state_refs[0]))
+        state_refs = policy.call_async(lambda a: a.state_dict)
+        infos = engines.call(lambda a: a.load_weights, state_refs[0])
         wait(state_refs)
         return infos[0]
 
     def _through_shared_memory(self, policy: ActorGroup, engines: ActorGroup) -> dict[str, float]:
         path = str(Path(self.shm_dir) / f"instructray-weights-{uuid.uuid4().hex}.safetensors")
         try:
-            written = policy.call(lambda a, _r: a.write_weights.remote(path))[0]
-            infos = engines.call(lambda a, _r: a.load_weights_file.remote(path))
+            written = policy.call(lambda a: a.write_weights, path)[0]
+            infos = engines.call(lambda a: a.load_weights_file, path)
         finally:
-            policy.call_rank0(lambda a: a.remove_file.remote(path))
+            policy.call_rank0(lambda a: a.remove_file, path)
         return infos[0] | {"sync_bytes": float(written)}
 
 
@@ -60,14 +60,17 @@ def choose_weight_sync(cfg: RolloutConfig, policy: ActorGroup, engines: ActorGro
 def _shared_memory_problem(shm_dir: str, policy: ActorGroup, engines: ActorGroup) -> str | None:
     """Why the shm transport cannot serve these actors, or None when it can."""
     infos: list[dict[str, Any]] = wait(
-        [a.host_info.remote(shm_dir) for a in (policy.actors[0], *engines.actors)]
+        [
+            policy.call_rank0_async(lambda a: a.host_info, shm_dir),
+            *engines.call_async(lambda a: a.host_info, shm_dir),
+        ]
     )
     writer, readers = infos[0], infos[1:]
     if any(r["node_id"] != writer["node_id"] for r in readers):
         return "the policy's rank 0 and the rollout engines run on different nodes"
     if writer["free_bytes"] is None:
         return f"{shm_dir} does not exist on the policy's node"
-    weights = policy.call_rank0(lambda a: a.weights_bytes.remote())
+    weights = policy.call_rank0(lambda a: a.weights_bytes)
     if writer["free_bytes"] < HEADROOM * weights:
         return (
             f"{shm_dir} has {writer['free_bytes'] / 1e9:.2f} GB free, the weights need "

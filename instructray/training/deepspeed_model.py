@@ -1,5 +1,6 @@
-"""DeepSpeed glue: the engine config, building an engine around an HF model, gathering the full
-weights (ZeRO-3 partitions included) for checkpoints and weight sync."""
+"""DeepSpeed glue: its config, wrapping an HF model for training (DeepSpeed calls the wrapper an
+"engine"; in instructray that word means a rollout engine only, so the wrapper is a `ds_model`),
+gathering the full weights (ZeRO-3 partitions included) for checkpoints and weight sync."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from instructray.config import OptimConfig
 
 
 @dataclass(frozen=True)
-class EngineSpec:
+class DeepSpeedSpec:
     """How one trainable role is wrapped: per-rank micro batch, accumulation, ZeRO, dtype."""
 
     micro_batch_size: int
@@ -27,7 +28,7 @@ class EngineSpec:
     """Train only the top N transformer blocks (and the heads); None trains everything."""
 
 
-def deepspeed_config(spec: EngineSpec) -> dict[str, Any]:
+def deepspeed_config(spec: DeepSpeedSpec) -> dict[str, Any]:
     return {
         "train_micro_batch_size_per_gpu": spec.micro_batch_size,
         "gradient_accumulation_steps": spec.grad_accum_steps,
@@ -57,8 +58,8 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
 
 
-def build_engine(model: torch.nn.Module, spec: EngineSpec) -> Any:
-    """Wrap ``model`` in a DeepSpeed engine with AdamW and linear warm-up to a constant lr."""
+def build_deepspeed_model(model: torch.nn.Module, spec: DeepSpeedSpec) -> Any:
+    """Wrap ``model`` for DeepSpeed training with AdamW and linear warm-up to a constant lr."""
     import deepspeed
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -67,27 +68,27 @@ def build_engine(model: torch.nn.Module, spec: EngineSpec) -> Any:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
     )
-    engine, *_ = deepspeed.initialize(
+    ds_model, *_ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(spec)
     )
-    return engine
+    return ds_model
 
 
-def full_state_dict(engine: Any, copy: bool = True) -> dict[str, torch.Tensor] | None:
+def full_state_dict(ds_model: Any, copy: bool = True) -> dict[str, torch.Tensor] | None:
     """Every rank must call this (ZeRO-3 gathers collectively); rank 0 gets CPU tensors,
     the other ranks get None. ``copy=False`` lets rank 0 hand out views of its live CPU
     parameters below ZeRO-3 (for a caller that only reads them before the next step)."""
-    if engine.zero_optimization_stage() == 3:
-        state = engine._zero3_consolidated_16bit_state_dict()
+    if ds_model.zero_optimization_stage() == 3:
+        state = ds_model._zero3_consolidated_16bit_state_dict()
     else:
-        state = engine.module.state_dict() if engine.global_rank == 0 else None
+        state = ds_model.module.state_dict() if ds_model.global_rank == 0 else None
     if state is None:
         return None
     return {k: v.detach().to("cpu", copy=copy) for k, v in state.items()}
 
 
-def current_lr(engine: Any) -> float:
-    return float(engine.get_lr()[0])
+def current_lr(ds_model: Any) -> float:
+    return float(ds_model.get_lr()[0])
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -10,6 +11,16 @@ from instructray.algorithms import response_logprobs, tempered_logits
 from instructray.models import token_values
 
 Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PolicyShard:
+    """One policy rank's share of a PPO mini-batch."""
+
+    rollout: Batch
+    """sequences, attention_mask, action_mask, logprobs (π_old), advantages, is_weights."""
+    ptx: Batch | None
+    """Pre-training text for PPO-ptx (input_ids, attention_mask, loss_mask); None without."""
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -82,7 +82,7 @@ def train_epochs(
 def save(ctx: JobContext, group: ActorGroup, name: str) -> Path:
     """Every rank takes part (ZeRO-3 gathers); rank 0 writes an HF folder."""
     out = ctx.checkpoint_dir(name)
-    group.call(lambda a, _r: a.save_checkpoint.remote(str(out)))
+    group.call(lambda a: a.save_checkpoint, str(out))
     return out
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from instructray.actors.group import ActorGroup
+from instructray.config.rank import DPOLossParams
 from instructray.orchestrator.batching import (
     comparison_pairs,
     pair_batch,
@@ -15,13 +16,13 @@ from instructray.orchestrator.batching import (
 )
 from instructray.orchestrator.context import JobContext, split_eval
 from instructray.orchestrator.resume import StageResume
-from instructray.orchestrator.roles import engine_spec, role_size, solo_threads, start_causal_lm
+from instructray.orchestrator.roles import deepspeed_spec, role_size, solo_threads, start_causal_lm
 from instructray.orchestrator.stages.common import mean_over_ranks, save, train_epochs
 from instructray.orchestrator.stages.rm import comparisons_for
 
 
 def _with_reference(reference: ActorGroup, batch: dict[str, torch.Tensor]):
-    chosen, rejected = reference.call_rank0(lambda a: a.pair_logps.remote(batch))
+    chosen, rejected = reference.call_rank0(lambda a: a.pair_logps, batch)
     return batch | {"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
 
 
@@ -36,7 +37,7 @@ def run(ctx: JobContext) -> Path:
     init = ctx.sft_model()
     tokenizer = ctx.tokenizer(init)
     world = role_size(cfg, "policy")
-    spec = engine_spec(cfg, scfg.batch_size, scfg.micro_batch_size, world, scfg.optim, "dpo")
+    spec = deepspeed_spec(cfg, scfg.batch_size, scfg.micro_batch_size, world, scfg.optim, "dpo")
 
     def encode(part):
         return pair_batch(tokenizer, part, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
@@ -49,13 +50,14 @@ def run(ctx: JobContext) -> Path:
     resume = StageResume.open(ctx, "dpo")
     reference = start_causal_lm(cfg, "reference", str(init), None, solo_threads(cfg, "reference"))
     policy = start_causal_lm(cfg, "policy", str(init), spec, solo_threads(cfg, "policy"))
+    loss = DPOLossParams.of(scfg)
     try:
         held_batches = [
             _with_reference(reference, encode(p)) for p in split_for_ranks(held_out, world)
         ]
 
         def evaluate() -> dict[str, float]:
-            return mean_over_ranks(policy.map(lambda a: a.eval_dpo, held_batches, scfg))
+            return mean_over_ranks(policy.map(lambda a: a.eval_dpo, held_batches, loss))
 
         evals = resume.load_evals(policy)
         if "before" not in evals:
@@ -70,7 +72,7 @@ def run(ctx: JobContext) -> Path:
             scfg.epochs,
             lambda part: _with_reference(reference, encode(part)),
             lambda a: a.train_dpo,
-            scfg,
+            loss,
             resume=resume,
             evals=evals,
         )

@@ -17,12 +17,12 @@ from instructray.actors.group import ActorGroup, wait
 from instructray.evaluation import SampleSet, summarize, verdict, write_report
 from instructray.orchestrator.batching import lm_batch, prompt_ids
 from instructray.orchestrator.context import JobContext
-from instructray.orchestrator.experience import merge_rollouts
+from instructray.orchestrator.coordinator import generate_on
 from instructray.orchestrator.measure import PROXY, RewardSource, SampleScorer
-from instructray.orchestrator.ppo import generate_on
 from instructray.orchestrator.roles import start_causal_lm, start_rollout, start_value_model
 from instructray.orchestrator.stages.common import run_sharded
 from instructray.orchestrator.weight_sync import choose_weight_sync
+from instructray.rollout.batch import Rollout
 from instructray.run_log import read_metrics
 
 EVAL_SEED = 104729
@@ -82,7 +82,7 @@ def run(ctx: JobContext) -> Path:
             try:
                 if name != baseline:
                     choose_weight_sync(cfg.rollout, policy, engines)(policy, engines)
-                rollout = merge_rollouts(
+                rollout = Rollout.merge(
                     wait(generate_on(engines, ids, ecfg.sampling, 1, EVAL_SEED)),
                     tokenizer.pad_token_id,
                 )

@@ -11,7 +11,7 @@ from instructray.data import SFTExample, TextExample
 from instructray.orchestrator.batching import lm_batch
 from instructray.orchestrator.context import JobContext, split_eval
 from instructray.orchestrator.resume import StageResume
-from instructray.orchestrator.roles import engine_spec, role_size, solo_threads, start_causal_lm
+from instructray.orchestrator.roles import deepspeed_spec, role_size, solo_threads, start_causal_lm
 from instructray.orchestrator.stages.common import run_sharded, save, train_epochs
 
 LMStage = Literal["pretrain", "sft"]
@@ -34,7 +34,7 @@ def run(ctx: JobContext, stage: LMStage) -> Path:
         train, held_out = split_eval(examples, cfg.data.eval_fraction, cfg.seed, max_eval=256)
     tokenizer = ctx.tokenizer(init)
     world = role_size(cfg, "policy")
-    spec = engine_spec(cfg, scfg.batch_size, scfg.micro_batch_size, world, scfg.optim, stage)
+    spec = deepspeed_spec(cfg, scfg.batch_size, scfg.micro_batch_size, world, scfg.optim, stage)
     ctx.log.info(
         f"[{stage}] {len(train)} train / {len(held_out)} held-out examples, "
         f"init {init}, {world} rank(s), ZeRO-{spec.zero_stage}"

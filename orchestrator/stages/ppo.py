@@ -11,12 +11,12 @@ from typing import Any
 
 from instructray.algorithms import CRITIC_FREE
 from instructray.orchestrator.context import JobContext
+from instructray.orchestrator.coordinator import PPOCoordinator, PPORoles
 from instructray.orchestrator.measure import RewardSource
 from instructray.orchestrator.monitor import PPOMonitor
-from instructray.orchestrator.ppo import PPOCoordinator, PPORoles
 from instructray.orchestrator.resume import StageResume
 from instructray.orchestrator.roles import (
-    engine_spec,
+    deepspeed_spec,
     role_size,
     start_causal_lm,
     start_rollout,
@@ -30,7 +30,7 @@ def start_roles(ctx: JobContext) -> PPORoles:
     sft, rm = str(ctx.sft_model()), ctx.reward_model()
     uses_rm = scfg.reward_function is None
     # RL compares log-probs of the same tokens across passes: no dropout noise.
-    policy_spec = engine_spec(
+    policy_spec = deepspeed_spec(
         cfg,
         scfg.mini_batch_size,
         scfg.micro_batch_size,
@@ -41,7 +41,7 @@ def start_roles(ctx: JobContext) -> PPORoles:
     )
     critic = None
     if scfg.advantage_estimator not in CRITIC_FREE:
-        critic_spec = engine_spec(
+        critic_spec = deepspeed_spec(
             cfg,
             scfg.mini_batch_size,
             scfg.micro_batch_size,

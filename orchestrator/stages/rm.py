@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,24 +29,25 @@ from instructray.orchestrator.batching import (
 from instructray.orchestrator.context import JobContext, split_eval
 from instructray.orchestrator.resume import StageResume
 from instructray.orchestrator.roles import (
-    engine_spec,
+    deepspeed_spec,
     role_size,
     solo_threads,
     start_rollout,
     start_value_model,
 )
 from instructray.orchestrator.stages.common import run_sharded, save, train_epochs
+from instructray.rollout.batch import Rollout
 
 LABEL_CHUNK = 128
 """Prompts per generate call while collecting samples for the labeler."""
 
 
-def sampled_responses(tokenizer, rollout) -> tuple[list[str], list[tuple[int, ...]]]:
+def sampled_responses(tokenizer: Any, rollout: Rollout) -> tuple[list[str], list[tuple[int, ...]]]:
     """Each response's text (special tokens skipped) and the exact tokens sampled (EOS only
     where the sampler emitted it)."""
     texts, ids = [], []
-    for row, mask in zip(rollout["sequences"], rollout["action_mask"], strict=True):
-        response = row[-mask.shape[0] :][mask.bool()]
+    for row, mask in zip(rollout.responses, rollout.action_mask, strict=True):
+        response = row[mask.bool()]
         texts.append(tokenizer.decode(response, skip_special_tokens=True))
         ids.append(tuple(response.tolist()))
     return texts, ids
@@ -80,9 +82,7 @@ def label_sft_samples(ctx: JobContext) -> list[RankedComparison]:
         for k, members in calls:
             chunk = [ids[i] for i in members]
             seed = cfg.seed + 1000 * k + members[0]
-            out = rollout.call_rank0(
-                lambda a, c=chunk, k=k, s=seed: a.generate.remote(c, sampling, k, s)
-            )
+            out = rollout.call_rank0(lambda a: a.generate, chunk, sampling, k, seed)
             texts, answer_ids = sampled_responses(tokenizer, out)
             for j, i in enumerate(members):
                 answer_lists[i] = texts[j * k : (j + 1) * k]
@@ -119,7 +119,7 @@ def normalize_on_demonstrations(ctx: JobContext, group: ActorGroup, tokenizer) -
     shards = [encode(part) for part in split_for_ranks(demos, group.world_size)]
     scores = torch.cat(group.map(lambda a: a.scores, shards))
     offset = float(scores.mean())
-    group.call(lambda a, _r: a.set_reward_offset.remote(offset))
+    group.call(lambda a: a.set_reward_offset, offset)
     ctx.log.info(
         f"[rm] normalised: {len(scores)} SFT demonstrations scored {offset:+.4f} on average; "
         "reward_offset set so they average 0"
@@ -150,7 +150,7 @@ def run(ctx: JobContext) -> Path:
     init = ctx.sft_model()
     tokenizer = ctx.tokenizer(init)
     world = role_size(cfg, "reward")
-    spec = engine_spec(
+    spec = deepspeed_spec(
         cfg,
         scfg.batch_size,
         scfg.micro_batch_size,

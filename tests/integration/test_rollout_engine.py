@@ -13,6 +13,7 @@ import torch
 from instructray.config import JobConfig, SamplingConfig
 from instructray.models import load_causal_lm, load_tokenizer
 from instructray.orchestrator.roles import start_rollout
+from instructray.rollout.batch import Rollout
 from instructray.rollout.weights import write_file
 from instructray.run_log import read_metrics
 from instructray.training.forward import action_logprobs
@@ -21,9 +22,9 @@ from tests.integration.tiny_ppo import run_tiny_ppo
 pytestmark = pytest.mark.e2e
 
 
-def _assert_engine_matches(policy: torch.nn.Module, out: dict, prompts: list, tok) -> None:
+def _assert_engine_matches(policy: torch.nn.Module, out: Rollout, prompts: list, tok) -> None:
     """The engine's greedy tokens are ``policy``'s and its log-probs equal ``policy``'s own."""
-    width = out["action_mask"].shape[1]
+    width = out.action_mask.shape[1]
     for i, prompt in enumerate(prompts):
         reference = policy.generate(
             torch.tensor([prompt]),
@@ -32,12 +33,12 @@ def _assert_engine_matches(policy: torch.nn.Module, out: dict, prompts: list, to
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )[0, len(prompt) :]
-        n = int(out["action_mask"][i].sum())
-        assert out["sequences"][i, -width:][:n].tolist() == reference.tolist()
+        n = int(out.action_mask[i].sum())
+        assert out.sequences[i, -width:][:n].tolist() == reference.tolist()
     with torch.no_grad():
-        logps, _ = action_logprobs(policy, out["sequences"], out["attention_mask"], width)
-    mask = out["action_mask"]
-    diff = (logps - out["rollout_logprobs"]).abs()[mask].max()
+        logps, _ = action_logprobs(policy, out.sequences, out.attention_mask, width)
+    mask = out.action_mask
+    diff = (logps - out.logprobs).abs()[mask].max()
     assert diff < 1e-4
 
 
@@ -59,14 +60,14 @@ def test_weight_sync_is_exact(tiny_run: Path, ray_cluster, tmp_path: Path) -> No
     sft_policy = load_causal_lm(ckpt / "sft", torch.float32).eval()
     engine = start_rollout(cfg, str(ckpt / "sft"))
     try:
-        before = engine.call_rank0(lambda a: a.generate.remote(prompts, greedy, 1, 0))
+        before = engine.call_rank0(lambda a: a.generate, prompts, greedy, 1, 0)
         write_file(ppo_policy.state_dict(), path)  # tied embeddings: one storage, two names
-        file_info = engine.call_rank0(lambda a: a.load_weights_file.remote(str(path)))
-        after = engine.call_rank0(lambda a: a.generate.remote(prompts, greedy, 1, 0))
-        bucket_info = engine.call_rank0(lambda a: a.load_weights.remote(sft_policy.state_dict()))
-        back = engine.call_rank0(lambda a: a.generate.remote(prompts, greedy, 1, 0))
+        file_info = engine.call_rank0(lambda a: a.load_weights_file, str(path))
+        after = engine.call_rank0(lambda a: a.generate, prompts, greedy, 1, 0)
+        bucket_info = engine.call_rank0(lambda a: a.load_weights, sft_policy.state_dict())
+        back = engine.call_rank0(lambda a: a.generate, prompts, greedy, 1, 0)
         warm = SamplingConfig(temperature=0.7, max_new_tokens=12)
-        sampled = engine.call_rank0(lambda a: a.generate.remote(prompts, warm, 2, 0))
+        sampled = engine.call_rank0(lambda a: a.generate, prompts, warm, 2, 0)
     finally:
         engine.shutdown()
         path.unlink(missing_ok=True)
@@ -76,20 +77,18 @@ def test_weight_sync_is_exact(tiny_run: Path, ray_cluster, tmp_path: Path) -> No
     _assert_engine_matches(sft_policy, back, prompts, tok)
     # The syncs changed what the engine generates (the PPO policy differs from SFT), and the
     # SFT weights brought the SFT outputs back token for token.
-    assert not torch.equal(before["sequences"], after["sequences"])
-    assert torch.equal(before["sequences"], back["sequences"])
+    assert not torch.equal(before.sequences, after.sequences)
+    assert torch.equal(before.sequences, back.sequences)
     # Sampling at T=0.7, the engine reports the log-probs of the tempered distribution it
     # drew from, which is what the trainer computes for π_old (not the T=1 log-probs).
-    width, mask = sampled["action_mask"].shape[1], sampled["action_mask"]
+    width, mask = sampled.action_mask.shape[1], sampled.action_mask
     with torch.no_grad():
         tempered, _ = action_logprobs(
-            sft_policy, sampled["sequences"], sampled["attention_mask"], width, 0.7
+            sft_policy, sampled.sequences, sampled.attention_mask, width, 0.7
         )
-        plain, _ = action_logprobs(
-            sft_policy, sampled["sequences"], sampled["attention_mask"], width
-        )
-    assert (tempered - sampled["rollout_logprobs"]).abs()[mask].max() < 1e-4
-    assert (plain - sampled["rollout_logprobs"]).abs()[mask].max() > 0.05
+        plain, _ = action_logprobs(sft_policy, sampled.sequences, sampled.attention_mask, width)
+    assert (tempered - sampled.logprobs).abs()[mask].max() < 1e-4
+    assert (plain - sampled.logprobs).abs()[mask].max() > 0.05
 
 
 def _ppo(tiny_run: Path, run_dir: Path, *overrides: str) -> list[dict]:

@@ -50,7 +50,7 @@ def test_object_store_is_taken_when_asked(groups, tmp_path: Path) -> None:
 def test_write_weights_then_remove(groups, tmp_path: Path) -> None:
     policy, _ = groups
     path = str(tmp_path / "w.safetensors")
-    written = policy.call_rank0(lambda a: a.write_weights.remote(path))
-    assert written == policy.call_rank0(lambda a: a.weights_bytes.remote()) == 4_004_000
-    policy.call_rank0(lambda a: a.remove_file.remote(path))
+    written = policy.call_rank0(lambda a: a.write_weights, path)
+    assert written == policy.call_rank0(lambda a: a.weights_bytes) == 4_004_000
+    policy.call_rank0(lambda a: a.remove_file, path)
     assert not Path(path).exists()

@@ -1,18 +1,18 @@
-"""Tests for instructray.orchestrator.roles.engine_spec: micro batch and accumulation steps."""
+"""Tests for instructray.orchestrator.roles.deepspeed_spec: micro batch and accumulation steps."""
 
 from __future__ import annotations
 
 import pytest
 
 from instructray.config import JobConfig, OptimConfig
-from instructray.orchestrator.roles import engine_spec
-from instructray.training.engine import EngineSpec
+from instructray.orchestrator.roles import deepspeed_spec
+from instructray.training.deepspeed_model import DeepSpeedSpec
 
 
 def test_normal_case():
     optim = OptimConfig(lr=3e-4)
-    spec = engine_spec(JobConfig(), 32, 8, 2, optim, "sft")
-    assert spec == EngineSpec(
+    spec = deepspeed_spec(JobConfig(), 32, 8, 2, optim, "sft")
+    assert spec == DeepSpeedSpec(
         micro_batch_size=8, grad_accum_steps=2, zero_stage=2, dtype="float32", optim=optim
     )
 
@@ -32,7 +32,7 @@ def test_normal_case():
     ],
 )
 def test_micro_and_accum(batch, micro, world, expected_micro, expected_accum):
-    spec = engine_spec(JobConfig(), batch, micro, world, OptimConfig(), "what")
+    spec = deepspeed_spec(JobConfig(), batch, micro, world, OptimConfig(), "what")
     assert (spec.micro_batch_size, spec.grad_accum_steps) == (expected_micro, expected_accum)
     # One optimizer step sees exactly the requested batch.
     assert spec.micro_batch_size * spec.grad_accum_steps * world == batch
@@ -41,7 +41,7 @@ def test_micro_and_accum(batch, micro, world, expected_micro, expected_accum):
 def test_takes_zero_stage_dtype_and_optim_from_arguments():
     cfg = JobConfig.model_validate({"resources": {"zero_stage": 3}, "model": {"dtype": "bfloat16"}})
     optim = OptimConfig(lr=1e-3, grad_clip=0.5)
-    spec = engine_spec(cfg, 16, 8, 2, optim, "rm")
+    spec = deepspeed_spec(cfg, 16, 8, 2, optim, "rm")
     assert spec.zero_stage == 3
     assert spec.dtype == "bfloat16"
     assert spec.optim is optim
@@ -50,13 +50,13 @@ def test_takes_zero_stage_dtype_and_optim_from_arguments():
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_a_single_rank_skips_zero_partitioning(stage):
     cfg = JobConfig.model_validate({"resources": {"zero_stage": stage}})
-    assert engine_spec(cfg, 16, 8, 1, OptimConfig(), "sft").zero_stage == 0
-    assert engine_spec(cfg, 16, 8, 2, OptimConfig(), "sft").zero_stage == stage
+    assert deepspeed_spec(cfg, 16, 8, 1, OptimConfig(), "sft").zero_stage == 0
+    assert deepspeed_spec(cfg, 16, 8, 2, OptimConfig(), "sft").zero_stage == stage
 
 
 def test_batch_not_divisible_by_world():
     with pytest.raises(ValueError) as info:
-        engine_spec(JobConfig(), 30, 8, 4, OptimConfig(), "ppo policy")
+        deepspeed_spec(JobConfig(), 30, 8, 4, OptimConfig(), "ppo policy")
     assert str(info.value) == (
         "ppo policy: batch size 30 is not divisible by the 4 data-parallel ranks"
     )
@@ -64,7 +64,7 @@ def test_batch_not_divisible_by_world():
 
 def test_per_rank_not_multiple_of_micro():
     with pytest.raises(ValueError) as info:
-        engine_spec(JobConfig(), 24, 8, 2, OptimConfig(), "dpo")
+        deepspeed_spec(JobConfig(), 24, 8, 2, OptimConfig(), "dpo")
     assert str(info.value) == "dpo: per-rank batch 12 is not a multiple of the micro batch 8"
 
 
@@ -77,7 +77,7 @@ def test_one_place_decides_how_many_actors_a_role_runs(role):
     cfg = JobConfig.model_validate({"resources": {"device": "cpu", role: {"actors": 2}}})
     assert role_size(cfg, role) == 2
     assert placement(cfg, role).actors == 2
-    spec = engine_spec(cfg, 16, 8, role_size(cfg, role), OptimConfig(), role)
+    spec = deepspeed_spec(cfg, 16, 8, role_size(cfg, role), OptimConfig(), role)
     assert spec.micro_batch_size * spec.grad_accum_steps * placement(cfg, role).actors == 16
 
 

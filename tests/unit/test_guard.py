@@ -12,7 +12,7 @@ import torch
 
 from instructray.actors.policy import CausalLMActor
 from instructray.config import OptimConfig
-from instructray.training.engine import EngineSpec, init_distributed
+from instructray.training.deepspeed_model import DeepSpeedSpec, init_distributed
 from instructray.training.guard import NonFiniteError, check_finite, check_gradients
 
 DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
@@ -56,7 +56,7 @@ def process_group() -> Iterator[None]:
 
 def _policy(tiny_dir: Path) -> CausalLMActor:
     actor = CausalLMActor(rank=0, world_size=1, seed=0)
-    spec = EngineSpec(2, 1, 0, "float32", OptimConfig(lr=1e-3), dropout=False)
+    spec = DeepSpeedSpec(2, 1, 0, "float32", OptimConfig(lr=1e-3), dropout=False)
     actor.load(str(tiny_dir), "float32", spec)
     return actor
 
@@ -86,7 +86,7 @@ def test_a_nan_loss_is_refused_before_backward(tiny_dir: Path, process_group: No
     assert str(err.value).startswith(
         "language model (rank 0), optimizer step 2: loss has 1 non-finite of 1 values (1 NaN)"
     )
-    assert actor.engine.global_steps == 1
+    assert actor.ds_model.global_steps == 1
     torch.testing.assert_close(_weights(actor), before, rtol=0, atol=0, equal_nan=True)
 
 
@@ -102,5 +102,5 @@ def test_a_nan_gradient_is_refused_before_the_optimizer_step(
     message = str(err.value)
     assert message.startswith("language model (rank 0), optimizer step 1: the gradient of ")
     assert "layers.1.mlp.down_proj.weight has" in message
-    assert actor.engine.global_steps == 0
+    assert actor.ds_model.global_steps == 0
     torch.testing.assert_close(_weights(actor), before, rtol=0, atol=0)  # nothing applied

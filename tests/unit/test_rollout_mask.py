@@ -1,10 +1,10 @@
-"""Tests for instructray.actors.rollout.response_mask: which response tokens are actions."""
+"""Tests for instructray.actors.hf_rollout.response_mask: which response tokens are actions."""
 
 from __future__ import annotations
 
 import torch
 
-from instructray.actors.rollout import response_mask
+from instructray.actors.hf_rollout import response_mask
 
 EOS, PAD = 2, 0
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from instructray.orchestrator.experience import merge_rollouts
+from instructray.rollout.batch import Rollout
 from instructray.rollout.weights import (
     bucketize,
     pack,
@@ -52,7 +52,7 @@ def test_weights_file_round_trips_exactly(tmp_path) -> None:
     assert all(torch.equal(restored[k], state[k]) for k in restored)
 
 
-def _rollout(prompts: list[list[int]], responses: list[list[int]], pad: int = 0) -> dict:
+def _rollout(prompts: list[list[int]], responses: list[list[int]], pad: int = 0) -> Rollout:
     p, r = max(map(len, prompts)), max(map(len, responses))
     seq = torch.full((len(prompts), p + r), pad)
     att = torch.zeros_like(seq)
@@ -62,23 +62,28 @@ def _rollout(prompts: list[list[int]], responses: list[list[int]], pad: int = 0)
         seq[i, p : p + len(rs)] = torch.tensor(rs)
         att[i, p - len(pr) : p + len(rs)] = 1
         act[i, : len(rs)] = True
-    return {
-        "sequences": seq,
-        "attention_mask": att,
-        "action_mask": act,
-        "rollout_logprobs": act.float() * -1.0,
-    }
+    return Rollout(seq, att, act, logprobs=act.float() * -1.0)
 
 
 def test_merge_rollouts_repads_prompts_left_and_responses_right() -> None:
     a = _rollout([[5, 6, 7]], [[8]])
     b = _rollout([[9]], [[10, 11, 12]])
-    merged = merge_rollouts([a, b], pad_id=0)
-    assert merged["sequences"].tolist() == [[5, 6, 7, 8, 0, 0], [0, 0, 9, 10, 11, 12]]
-    assert merged["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1]]
-    assert merged["action_mask"].tolist() == [[True, False, False], [True, True, True]]
-    assert merged["rollout_logprobs"].tolist() == [[-1.0, 0.0, 0.0], [-1.0, -1.0, -1.0]]
-    assert merge_rollouts([a], pad_id=0) is a
+    merged = Rollout.merge([a, b], pad_id=0)
+    assert merged.sequences.tolist() == [[5, 6, 7, 8, 0, 0], [0, 0, 9, 10, 11, 12]]
+    assert merged.attention_mask.tolist() == [[1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1]]
+    assert merged.action_mask.tolist() == [[True, False, False], [True, True, True]]
+    assert merged.logprobs is not None
+    assert merged.logprobs.tolist() == [[-1.0, 0.0, 0.0], [-1.0, -1.0, -1.0]]
+    assert merged.responses.tolist() == [[8, 0, 0], [10, 11, 12]]
+    assert Rollout.merge([a], pad_id=0) is a
+
+
+def test_merge_refuses_rollouts_with_and_without_engine_logprobs() -> None:
+    a = _rollout([[5]], [[8]])
+    b = Rollout(a.sequences, a.attention_mask, a.action_mask)
+    with pytest.raises(ValueError, match="with and without engine log-probs"):
+        Rollout.merge([a, b], pad_id=0)
+    assert Rollout.merge([b, b], pad_id=0).logprobs is None
 
 
 def test_only_the_rotary_reload_warning_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
@@ -92,3 +97,15 @@ def test_only_the_rotary_reload_warning_is_dropped(caplog: pytest.LogCaptureFixt
         for layer in ("RotaryEmbedding", "Llama3RotaryEmbedding", "QKVParallelLinear"):
             logger.warning("%s: Failed to load weights", layer)
     assert [r.getMessage() for r in caplog.records] == ["QKVParallelLinear: Failed to load weights"]
+
+
+def test_ended_with_eos_reads_the_last_sampled_token() -> None:
+    from instructray.orchestrator.experience import ended_with_eos
+
+    eos = 2
+    # stopped on EOS / cut off at max_new_tokens / stopped on EOS early / nothing sampled
+    rollout = _rollout([[5], [5], [5], [5]], [[7, 8, eos], [7, 8, 9], [eos], [1]])
+    empty = rollout.action_mask.clone()
+    empty[3] = False
+    rollout = Rollout(rollout.sequences, rollout.attention_mask, empty)
+    assert ended_with_eos(rollout, eos).tolist() == [True, False, True, False]
