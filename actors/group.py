@@ -3,6 +3,7 @@ process group, and fan calls out to them. Nothing here knows about models or los
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ Method = Callable[[Any], Any]
 """Picks a method of an actor handle, e.g. ``lambda a: a.train_ppo``; the group calls
 ``.remote`` on it, so callers never hold Ray handles."""
 
+ROLE_ENV = "INSTRUCTRAY_ROLE"
 DEFAULT_CALL_TIMEOUT_S = 1800.0
 DEFAULT_START_TIMEOUT_S = 600.0
 
@@ -21,6 +23,7 @@ DEFAULT_START_TIMEOUT_S = 600.0
 @dataclass(frozen=True)
 class _Owner:
     group: int
+    role: str
     label: str
     """"role (rank i of n)", to name the rank in an error."""
     timeout_s: float
@@ -35,10 +38,14 @@ class RoleError(RuntimeError):
     """A rank of a role failed: its method raised, its process died (``died``), or it did not
     answer within its group's call timeout (``hung``)."""
 
-    def __init__(self, message: str, died: bool = False, hung: bool = False) -> None:
+    def __init__(
+        self, message: str, died: bool = False, hung: bool = False, role: str | None = None
+    ) -> None:
         super().__init__(message)
         self.died = died
         self.hung = hung
+        self.role = role
+        """The role of the rank that failed first (None when it cannot be told)."""
 
     @property
     def restartable(self) -> bool:
@@ -61,6 +68,8 @@ class RolePlacement:
     start_timeout_s: float = DEFAULT_START_TIMEOUT_S
     """Longest wait for the ranks' processes to start (Ray holds an actor back, without an
     error, while the cluster lacks the resources it asks for)."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Ray custom resources per rank (resources.<role>.resources): pins the role to nodes."""
 
 
 class ActorGroup:
@@ -69,7 +78,7 @@ class ActorGroup:
     Every call names a method with a selector (``lambda a: a.load``): ``call`` runs it on every
     rank with the same arguments, ``map`` with one shard per rank, ``call_rank0`` on rank 0;
     each waits (bounded by the placement's timeout) and its ``*_async`` twin returns refs for
-    `wait`."""
+    `wait`. Calls made through ``setup`` are replayed by ``restart``."""
 
     def __init__(
         self,
@@ -79,19 +88,48 @@ class ActorGroup:
         **init_kwargs: Any,
     ):
         self.placement = placement
-        remote_cls = ray.remote(actor_cls).options(
-            num_cpus=placement.num_cpus,
-            num_gpus=placement.num_gpus,
-            runtime_env={"env_vars": placement.env_vars} if placement.env_vars else None,
-        )
+        self.distributed = distributed
+        self._remote_cls = ray.remote(actor_cls)
+        self._options = {
+            "num_cpus": placement.num_cpus,
+            "num_gpus": placement.num_gpus,
+            "resources": dict(placement.resources),
+            # The role in each rank's environment too: `ps e`, psutil and the tests find it.
+            "runtime_env": {"env_vars": {**placement.env_vars, ROLE_ENV: placement.name}},
+        }
+        self._init_kwargs = init_kwargs
+        self._setup: list[tuple[Method, tuple[Any, ...]]] = []
+        self.restarts = 0
+        self._actors: list[Any] = []
+        self._start()
+
+    def _start(self) -> None:
+        # Named by role and rank (`ray list actors`, the dashboard); unique across restarts.
+        start = uuid.uuid4().hex[:6]
         self._actors = [
-            remote_cls.remote(rank=rank, world_size=placement.actors, **init_kwargs)
-            for rank in range(placement.actors)
+            self._remote_cls.options(
+                **self._options, name=f"instructray-{self.placement.name}-{rank}-{start}"
+            ).remote(rank=rank, world_size=self.placement.actors, **self._init_kwargs)
+            for rank in range(self.placement.actors)
         ]
         self._wait_started()
-        if distributed:
+        if self.distributed:
             addr, port = self.call_rank0(lambda a: a.free_address)
             self.call(lambda a: a.init_process_group, addr, port)
+
+    def setup(self, method: Method, *args: Any) -> list[Any]:
+        """`call`, remembered: a restart runs it again on the new ranks (loading weights)."""
+        self._setup.append((method, args))
+        return self.call(method, *args)
+
+    def restart(self) -> None:
+        """Kill every rank and start the role again as it was set up: for roles whose state is
+        all in their setup calls (a frozen model, a rollout engine before its weight sync)."""
+        self.shutdown(close_timeout_s=5.0)
+        self._start()
+        for method, args in self._setup:
+            self.call(method, *args)
+        self.restarts += 1
 
     @property
     def world_size(self) -> int:
@@ -106,15 +144,17 @@ class ActorGroup:
             raise RoleError(
                 f"{len(ready) - len(started)} of the {len(ready)} {p.name} ranks did not start "
                 f"within {p.start_timeout_s:g} s (ray.start_timeout_s); each asks for "
-                f"num_cpus={p.num_cpus:g}, num_gpus={p.num_gpus:g}: `ray status` shows whether "
+                f"num_cpus={p.num_cpus:g}, num_gpus={p.num_gpus:g}"
+                f"{f', resources={p.resources}' if p.resources else ''}: `ray status` shows whether "
                 "the cluster has them (lower resources.*.num_cpus or add nodes)"
             )
         wait(self._owned(ready))  # a constructor that raised is reported here
 
     def _owned(self, refs: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
         for rank, ref in enumerate(refs):
-            label = f"{self.placement.name} (rank {rank} of {self.world_size})"
-            _OWNER[ref.hex()] = _Owner(id(self), label, self.placement.call_timeout_s)
+            name = self.placement.name
+            label = f"{name} (rank {rank} of {self.world_size})"
+            _OWNER[ref.hex()] = _Owner(id(self), name, label, self.placement.call_timeout_s)
         return refs
 
     def call_async(self, method: Method, *args: Any) -> list[ray.ObjectRef]:
@@ -166,25 +206,26 @@ def wait(refs: Sequence[ray.ObjectRef]) -> list[Any]:
         return ray.get(refs, timeout=timeout_s)
     except GetTimeoutError:
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        late = [
-            o.label if o else "an actor"
-            for r, o in zip(refs, owners, strict=True)
-            if r not in ready
-        ]
+        late = [o for r, o in zip(refs, owners, strict=True) if r not in ready]
         raise RoleError(
-            f"{', '.join(late)} did not answer within {timeout_s:g} s (ray.call_timeout_s): "
-            "taken as hung",
+            f"{', '.join(o.label if o else 'an actor' for o in late)} did not answer within "
+            f"{timeout_s:g} s (ray.call_timeout_s): taken as hung",
             hung=True,
+            role=next((o.role for o in late if o), None),
         ) from None
     except RayError as err:
-        owner = next((o.label for r, o in zip(refs, owners, strict=True) if o and _failed(r)), None)
+        owner = next((o for r, o in zip(refs, owners, strict=True) if o and _failed(r)), None)
         # A rank killed inside a collective also fails its peers' calls: any death counts.
         died = isinstance(err, RayActorError) or any(_died(r) for r in refs)
         what = "died" if isinstance(err, RayActorError) else "failed"
         # A method's own exception, without Ray's wrapping (the traceback stays chained).
         cause = getattr(err, "cause", None)
         detail = f"{type(cause).__name__}: {cause}" if isinstance(cause, Exception) else err
-        raise RoleError(f"{owner or 'an actor'} {what}: {detail}", died=died) from err
+        raise RoleError(
+            f"{owner.label if owner else 'an actor'} {what}: {detail}",
+            died=died,
+            role=owner.role if owner else None,
+        ) from err
     finally:
         for ref in refs:
             _OWNER.pop(ref.hex(), None)

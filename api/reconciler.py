@@ -57,6 +57,15 @@ def _written_since(path: Path, start_time: float | None) -> bool:
         return False
 
 
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    """RUN_DIR/config.yaml as the driver wrote it; {} while there is none (or no mapping)."""
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 class Reconciler:
     def __init__(self, settings: Settings, db: Database, ray: RayJobs) -> None:
         self.settings = settings
@@ -64,6 +73,8 @@ class Reconciler:
         self.ray = ray
         self.ray_ok_at: float | None = None
         self.ray_error: str | None = None
+        self._configured: set[str] = set()
+        """Adopted jobs known to have their config (see `_late_config`)."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -143,8 +154,26 @@ class Reconciler:
         if job.cancel_requested and info.status in ("PENDING", "RUNNING"):
             self.ray.stop(ray_id)
         changes = self._changes_from(job, info)
+        if job.source == "ray":
+            changes |= self._late_config(job)
         self._update(job, **changes)
         return changes["status"]
+
+    def _late_config(self, job: JobRecord) -> dict[str, Any]:
+        """The config (and name) of a job adopted before its driver wrote RUN_DIR/config.yaml,
+        once it has: `ray job submit` returns at once, the driver writes it seconds later."""
+        if job.id in self._configured:
+            return {}
+        with self.db.session() as s:  # config is deferred: not loaded with the job
+            known = s.scalar(select(JobRecord.config).where(JobRecord.id == job.id))
+        config = {} if known else _read_config(Path(job.run_dir))
+        if known or config:
+            self._configured.add(job.id)
+        if not config:
+            return {}
+        if job.name == job.id and config.get("name"):
+            return {"config": config, "name": str(config["name"])[:NAME_LENGTH]}
+        return {"config": config}
 
     def _changes_from(self, job: JobRecord, info: RayJob) -> dict[str, Any]:
         status = STATUS_FROM_RAY.get(info.status, job.status)
@@ -217,16 +246,13 @@ class Reconciler:
         return adopted
 
     def _adopt(self, job: RayJob, run_dir: Path) -> None:
-        try:
-            config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            config = {}
+        config = _read_config(run_dir)  # {} until the driver has written it: see _follow
         rec = JobRecord(
             id=job.submission_id,
             name=str(config.get("name") or job.submission_id)[:NAME_LENGTH],
             source="ray",
             status=QUEUED,
-            config=config if isinstance(config, dict) else {},
+            config=config,
             run_dir=str(run_dir),
             attempt=0,
             created_at=_ts(job.start_time) or utcnow(),

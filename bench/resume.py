@@ -5,11 +5,13 @@ Driver scenarios (ppo, ppo_async, sft; tiny preset, each run a fresh CLI process
 local Ray cluster): an uninterrupted reference run; the same command killed with SIGKILL once
 ``kill_at`` is logged; `instructray run --resume`. Recovery time: from starting the resume to
 the first new step in metrics.jsonl (Ray start, actors, loading the train state, the weight
-sync into the engine). Actor scenario (actors): kill -9 of the critic, then of the vLLM engine
-core, in one PPO run: seconds until the stage noticed (its ``actor_died`` warning) and until
-it logged a step again.
+sync into the engine). Actor scenarios: kill -9 of the critic, then of the vLLM engine core, in
+one async PPO run (actors: each rolls the stage back to its train state); kill -9 of the
+reference, then of the engine core, in a sync run (in_place: each role restarts alone). Seconds
+until the stage noticed (its warning) and until it logged a new step.
 
-    python bench/resume.py [--scenarios ppo ppo_async sft actors]  → bench/results/resume.json
+    python bench/resume.py [--scenarios ppo ppo_async sft actors in_place]
+    → bench/results/resume.json
 """
 
 from __future__ import annotations
@@ -155,22 +157,51 @@ def scenario(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _pid(title: str) -> int:
+def _pid(title: str, role: str | None = None) -> int:
+    """The one process whose title starts with ``title`` (and that runs ``role``)."""
     import psutil
+
+    def role_of(proc: psutil.Process) -> str | None:
+        try:
+            return proc.environ().get("INSTRUCTRAY_ROLE")
+        except psutil.Error:
+            return None
 
     (pid,) = [
         p.pid
         for p in psutil.process_iter(["cmdline"])
-        if (p.info["cmdline"] or [""])[0].startswith(title)
+        if (p.info["cmdline"] or [""])[0].startswith(title) and role in (None, role_of(p))
     ]
     return pid
 
 
-def actor_faults() -> dict[str, Any]:
-    """kill -9 of the critic (a trainer: back to the newest train state), then of the vLLM
-    engine core (inside the rollout actor), in one async PPO run."""
-    spec = SCENARIOS["ppo_async"]
-    run_dir = work_dir("resume", "actors") / "run"
+ACTOR_FAULTS: dict[str, dict[str, Any]] = {
+    # A trainer, then the engine, in async mode: both roll the stage back to its train state.
+    "actors": {
+        "sets": [*PPO, "ppo.async_queue=1"],
+        "warning": "actor_died",
+        "kills": [
+            ("critic", "ray::ValueModelActor", None, 3),
+            ("engine_core", "VLLM::EngineCore", None, 5),
+        ],
+    },
+    # Sync mode, stateless roles: each restarts alone and the iteration is retried.
+    "in_place": {
+        "sets": [*PPO, "ppo.monitor.every=0"],
+        "warning": "role_restarted",
+        "kills": [
+            ("reference", "ray::", "reference", 2),
+            ("engine_core", "VLLM::EngineCore", None, 4),
+        ],
+    },
+}
+
+
+def actor_faults(name: str) -> dict[str, Any]:
+    """kill -9 of one process after another in one PPO run: seconds until the stage noticed
+    (its warning in summary.json) and until it logged a new step."""
+    spec = ACTOR_FAULTS[name]
+    run_dir = work_dir("resume", name) / "run"
     subprocess.run(["rm", "-rf", str(run_dir)], check=True)
     argv = cli("run", "configs/tiny.yaml", *[a for s in spec["sets"] for a in ("--set", s)])
     argv += ["--set", "output.tensorboard=false", "--out", str(run_dir)]
@@ -188,45 +219,50 @@ def actor_faults() -> dict[str, Any]:
             time.sleep(0.1)
         return round(time.perf_counter() - start, 1)
 
-    def step_after(resumes: int, step: int) -> Any:
-        return lambda: (
-            len(summary().get("resumes", [])) >= resumes
-            and any(r["step"] >= step for r in metrics(run_dir, "ppo"))
-        )
+    def logged(step: int) -> bool:
+        return any(r["step"] >= step for r in metrics(run_dir, "ppo"))
 
-    def deaths_at_least(n: int) -> Any:
-        return lambda: sum(w["kind"] == "actor_died" for w in summary().get("warnings", [])) >= n
+    def warned(n: int) -> Any:
+        return lambda: sum(w["kind"] == spec["warning"] for w in summary().get("warnings", [])) >= n
 
     result: dict[str, Any] = {}
     with (run_dir.parent / "run.log").open("w") as out:
         proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-        until(lambda: any(r["step"] >= 3 for r in metrics(run_dir, "ppo")), proc)
-        for n, (role, title, step) in enumerate(
-            [("critic", "ray::ValueModelActor", 4), ("engine_core", "VLLM::EngineCore", 6)], 1
-        ):
-            os.kill(_pid(title), signal.SIGKILL)
-            noticed = until(deaths_at_least(n), proc)
-            result[role] = {
+        for n, (what, title, role, at_step) in enumerate(spec["kills"], 1):
+            until(lambda at_step=at_step: logged(at_step), proc)
+            last = max(r["step"] for r in metrics(run_dir, "ppo"))
+            os.kill(_pid(title, role), signal.SIGKILL)
+            noticed = until(warned(n), proc)
+            result[what] = {
+                "killed_after_step": last,
                 "noticed_s": noticed,
-                "next_step_s": round(noticed + until(step_after(n, step), proc), 1),
-                "restarted_after_step": summary()["resumes"][-1]["after_step"],
+                "next_step_s": round(noticed + until(lambda last=last: logged(last + 1), proc), 1),
+                "rolled_back_to_step": (summary().get("resumes") or [{}])[-1].get("after_step"),
             }
         proc.wait()
     result["final_status"] = summary()["status"]
+    result["stage_restarts"] = len(summary().get("resumes", []))
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    names = [*SCENARIOS, "actors"]
+    names = [*SCENARIOS, *ACTOR_FAULTS]
     parser.add_argument("--scenarios", nargs="+", choices=names, default=names)
     args = parser.parse_args()
     results = {}
     for name in args.scenarios:
         print(f"== {name}", flush=True)
-        results[name] = actor_faults() if name == "actors" else scenario(name, SCENARIOS[name])
+        results[name] = (
+            actor_faults(name) if name in ACTOR_FAULTS else scenario(name, SCENARIOS[name])
+        )
         print(json.dumps(results[name]), flush=True)
-    write_result("resume", {"host": host_info(), "scenarios": results})
+    # Scenarios not run this time keep their earlier figures (each says when it ran).
+    path = Path(__file__).parent / "results" / "resume.json"
+    earlier = json.loads(path.read_text())["scenarios"] if path.exists() else {}
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    fresh = {name: {**result, "measured": stamp} for name, result in results.items()}
+    write_result("resume", {"host": host_info(), "scenarios": earlier | fresh})
 
 
 if __name__ == "__main__":

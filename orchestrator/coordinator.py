@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from instructray.actors.group import ActorGroup, resolved, wait
+from instructray.actors.group import ActorGroup, RoleError, resolved, wait
 from instructray.algorithms import (
     AdaptiveKLController,
     FixedKLController,
@@ -29,6 +29,7 @@ from instructray.data import PromptExample, TextExample
 from instructray.orchestrator.batching import cycle, lm_batch, prompt_ids
 from instructray.orchestrator.experience import Experience, assemble_experience
 from instructray.orchestrator.measure import RewardSource, forward_on
+from instructray.orchestrator.recovery import PROBE, STATELESS_ROLES, RoleRestarts
 from instructray.orchestrator.stages.common import Stopwatch
 from instructray.orchestrator.weight_sync import choose_weight_sync
 from instructray.rollout.batch import Rollout
@@ -36,6 +37,9 @@ from instructray.training.forward import PolicyShard
 from instructray.training.guard import check_finite
 
 Batch = dict[str, torch.Tensor]
+ENGINE_GAP_LIMIT = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+"""Largest mean |log-prob| gap between restarted engines and the policy that passes, by dtype:
+fp32 on CPU shows ~1e-7 (other kernels, same weights), one tiny-preset PPO step moves it ~1e-3."""
 
 
 @dataclass
@@ -92,12 +96,21 @@ class PPOCoordinator:
         max_prompt_tokens: int,
         max_seq_len: int,
         seed: int,
+        max_role_restarts: int = 0,
+        dtype: str = "float32",
     ):
         self.cfg = cfg
+        self.rollout_cfg = rollout_cfg
+        self.dtype = dtype
         self.colocate = rollout_cfg.colocate
         self.roles = roles
         self.reward = reward
         self.weight_sync = choose_weight_sync(rollout_cfg, roles.policy, roles.rollout)
+        stateless = {name: getattr(roles, name) for name in STATELESS_ROLES}
+        self.restarts = RoleRestarts(
+            {name: group for name, group in stateless.items() if group is not None},
+            max_role_restarts,
+        )
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.max_seq_len = max_seq_len
@@ -142,13 +155,21 @@ class PPOCoordinator:
     def train_step(self, iteration: int) -> dict[str, float]:
         clock, timings = Stopwatch(), {}
 
-        rollout, group_ids, sampled_by = self.next_rollout(iteration)
-        timings["time_generate"] = clock.lap()
+        while True:
+            drawn = self.prompts.drawn
+            try:
+                rollout, group_ids, sampled_by = self.next_rollout(iteration)
+                timings["time_generate"] = clock.lap()
+                exp = self.make_experience(rollout, group_ids)
+                timings["time_score"] = clock.lap()
+                break
+            except RoleError as err:
+                # Async: the batches in flight were sampled with older weights, which only the
+                # train state has; the stage rolls back instead.
+                self.restart_role(err, allowed=not self.cfg.async_queue)
+                self.prompts = cycle(self.prompts.items, self.seed, drawn)  # the same prompts
         # Weight syncs between sampling and training this batch (async: up to the queue length).
         staleness = float(self.policy_version - sampled_by)
-
-        exp = self.make_experience(rollout, group_ids)
-        timings["time_score"] = clock.lap()
         check_finite(
             {"scores": exp.scores, "advantages": exp.advantages, "returns": exp.returns},
             f"PPO iteration {iteration}, before the updates",
@@ -170,6 +191,7 @@ class PPOCoordinator:
             "kl": kl_per_sample.mean().item(),
             "kl_coef": self.kl_ctl.value,
             "rollout_staleness": staleness,
+            "role_restarts": float(self.restarts.done),
             "response_length": mask.sum(-1).float().mean().item(),
             "return_mean": masked_mean(exp.returns, mask).item(),
             **train_metrics,
@@ -291,4 +313,45 @@ class PPOCoordinator:
     def sync_weights(self) -> dict[str, float]:
         """Make the updated policy the one that generates (engines wake up first when
         colocated); the transport was chosen from the actors' placement at start."""
-        return self.weight_sync(self.roles.policy, self.roles.rollout)
+        try:
+            return self.weight_sync(self.roles.policy, self.roles.rollout)
+        except RoleError as err:
+            if err.role != "rollout":
+                raise
+            self.restart_role(err, allowed=not self.cfg.async_queue)  # syncs the new engines
+            return self.weight_sync(self.roles.policy, self.roles.rollout)
+
+    # -- in-place restarts of the stateless roles (see orchestrator.recovery) ------------------
+    def restart_role(self, err: RoleError, allowed: bool = True) -> None:
+        """Start the stateless role that ``err`` names again, or re-raise ``err``."""
+        group = self.restarts.restart(err, allowed)
+        self.pending.clear()
+        if group is not self.roles.rollout:
+            return
+        # New engines may sit on another node: choose the transport again.
+        self.weight_sync = choose_weight_sync(self.rollout_cfg, self.roles.policy, group)
+        self.weight_sync(self.roles.policy, group)
+        gap = self.engine_policy_gap()
+        if gap > ENGINE_GAP_LIMIT[self.dtype]:  # NaN (no engine log-probs) cannot be checked
+            raise RoleError(
+                f"the restarted rollout engines do not hold the policy's weights: their "
+                f"greedy tokens' log-probs differ from the policy's by {gap:.3g} on average"
+            )
+        self.restarts.notes[self.restarts.done] += (
+            f"; the current policy weights synced (log-prob gap {gap:.2g})"
+        )
+
+    def engine_policy_gap(self) -> float:
+        """Mean |engine − policy| log-prob of the engines' greedy tokens on a few training
+        prompts: about 0 when the engines hold the policy's current weights (NaN from an
+        engine that reports no log-probs)."""
+        n = max(self.roles.policy.world_size, self.roles.rollout.world_size)
+        ids = prompt_ids(self.tokenizer, list(self.prompts.items[:n]), self.max_prompt_tokens)
+        refs = generate_on(self.roles.rollout, ids, PROBE, 1, 0)
+        rollout = Rollout.merge(wait(refs), self.tokenizer.pad_token_id)
+        if rollout.logprobs is None:
+            return float("nan")
+        inputs = rollout.model_inputs()
+        policy = forward_on(self.roles.policy, lambda a: a.action_logprobs, inputs, 1.0)
+        diff = (torch.cat(wait(policy)) - rollout.logprobs).abs()
+        return masked_mean(diff, rollout.action_mask).item()

@@ -94,6 +94,7 @@ def placement(cfg: JobConfig, role: Role) -> RolePlacement:
         actors=actors,
         num_cpus=res.num_cpus,
         num_gpus=num_gpus,
+        resources=dict(res.resources),
         env_vars=env,
         call_timeout_s=cfg.ray.call_timeout_s,
         start_timeout_s=cfg.ray.start_timeout_s,
@@ -160,7 +161,7 @@ def _start_model(
     torch_threads: int | None,
 ) -> ActorGroup:
     group = _start(cfg, actor_cls, role, spec is not None, torch_threads)
-    group.call(lambda a: a.load, path, cfg.model.dtype, spec)
+    group.setup(lambda a: a.load, path, cfg.model.dtype, spec)
     return group
 
 
@@ -190,11 +191,11 @@ def start_rollout(cfg: JobConfig, path: str) -> ActorGroup:
     """``rollout.num_engines`` engines (vLLM, or the HF generate() fallback), each a full copy."""
     if cfg.rollout.backend == "hf":
         group = _start(cfg, HFRolloutActor, "rollout", distributed=False)
-        group.call(lambda a: a.load, path, cfg.model.dtype)
+        group.setup(lambda a: a.load, path, cfg.model.dtype)
         return group
     from instructray.actors.vllm_rollout import VLLMRolloutActor
 
     engine = cfg.rollout.model_copy(update={"seed": cfg.seed})
     group = _start(cfg, VLLMRolloutActor, "rollout", distributed=False)
-    group.call(lambda a: a.load, path, cfg.model.dtype, engine)
+    group.setup(lambda a: a.load, path, cfg.model.dtype, engine)
     return group

@@ -24,6 +24,8 @@ class WeightSync:
     """``shm`` or ``object_store``."""
     shm_dir: str = "/dev/shm"
     colocate: bool = False
+    reason: str | None = None
+    """Why ``auto`` fell back to ``object_store`` (e.g. the engines run on another node)."""
 
     def __call__(self, policy: ActorGroup, engines: ActorGroup) -> dict[str, float]:
         """Push the policy's current weights; returns rank-0 engine timings."""
@@ -48,13 +50,13 @@ class WeightSync:
 
 def choose_weight_sync(cfg: RolloutConfig, policy: ActorGroup, engines: ActorGroup) -> WeightSync:
     """``cfg.weight_sync``, with ``auto`` resolved from where the actors run."""
-    transport = cfg.weight_sync
+    transport, problem = cfg.weight_sync, None
     if transport != "object_store":
         problem = _shared_memory_problem(cfg.shm_dir, policy, engines)
         if problem and transport == "shm":
             raise ValueError(f"rollout.weight_sync=shm is not possible here: {problem}")
         transport = "object_store" if problem else "shm"
-    return WeightSync(transport=transport, shm_dir=cfg.shm_dir, colocate=cfg.colocate)
+    return WeightSync(transport, cfg.shm_dir, cfg.colocate, reason=problem)
 
 
 def _shared_memory_problem(shm_dir: str, policy: ActorGroup, engines: ActorGroup) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from instructray.config.paths import (
     BASE_MODEL,
@@ -121,6 +121,23 @@ class RoleResources(Section):
     )
     num_cpus: PositiveFloat = 0.5
     num_gpus: Annotated[float, Field(ge=0)] = 1.0
+    resources: dict[str, PositiveFloat] = Field(
+        default_factory=dict,
+        description="Ray custom resources each rank asks for, e.g. {node_b: 1}: with nodes "
+        "started as `ray start --resources='{\"node_b\": 100}'`, this pins the role to the "
+        "nodes that have them. A resource no node has keeps the role from starting (it fails "
+        "after ray.start_timeout_s); a local cluster (no ray.address) has none.",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, resources: dict[str, float]) -> dict[str, float]:
+        for name in resources:
+            if not name.strip():
+                raise ValueError("a resource name must not be empty")
+            if name in ("CPU", "GPU"):
+                raise ValueError(f"{name} is not a custom resource: set num_cpus / num_gpus")
+        return resources
 
 
 class ResourcesConfig(Section):
@@ -144,6 +161,14 @@ class RayConfig(Section):
         description="When an actor's process dies (OOM kill, lost node), the stage stops "
         "all its actors and starts them again from its newest train state, at most this "
         "many times; then the job fails. A method that raises (NaN, a bug) is not retried.",
+    )
+    max_role_restarts: Annotated[int, Field(ge=0)] = Field(
+        3,
+        description="PPO with ppo.async_queue 0: when a process of the reference, the reward "
+        "model or a rollout engine dies or hangs, that role alone starts again (an engine "
+        "then gets the current policy weights) and the iteration is retried, at most this "
+        "many times per stage run; past that, or for the policy and critic, the stage "
+        "restarts from its train state (max_stage_restarts).",
     )
     call_timeout_s: PositiveFloat = Field(
         1800.0,

@@ -88,8 +88,12 @@ def run(ctx: JobContext) -> Path:
             cfg.model.max_prompt_tokens,
             cfg.model.max_seq_len,
             cfg.seed,
+            max_role_restarts=cfg.ray.max_role_restarts,
+            dtype=cfg.model.dtype,
         )
-        ctx.log.info(f"[ppo] weight sync into the engines: {coordinator.weight_sync.transport}")
+        sync = coordinator.weight_sync
+        why = f" ({sync.reason})" if sync.reason else ""
+        ctx.log.info(f"[ppo] weight sync into the engines: {sync.transport}{why}")
         resume = StageResume.open(ctx, "ppo")
         trainable = {"policy": roles.policy} | ({"critic": roles.critic} if roles.critic else {})
         history: list[dict[str, float]] = []
@@ -103,6 +107,8 @@ def run(ctx: JobContext) -> Path:
             coordinator.sync_weights()  # the engines started with the SFT weights
         for iteration in range(resume.step + 1, scfg.iterations + 1):
             metrics = coordinator.train_step(iteration)
+            for number, note in coordinator.restarts.drain():
+                ctx.log.warn("ppo", iteration, "role_restarted", note, key=str(number))
             if monitor is not None and monitor.due(iteration, scfg.iterations):
                 metrics |= observe(ctx, monitor, iteration)
             history.append(metrics)

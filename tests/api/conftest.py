@@ -86,13 +86,15 @@ def db_rows(settings: Settings) -> list[tuple]:
 
 @pytest.fixture(scope="package")
 def ray_jobs_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    """A real local Ray (dashboard + Jobs API) for the e2e tests of this package."""
+    """A real local Ray (dashboard + Jobs API, token auth on) for the e2e tests of this
+    package."""
     base = tmp_path_factory.mktemp("ray")
     # Ray's Unix socket paths (temp dir + session name + socket) must stay under 107 bytes.
     temp = base if len(str(base)) <= 40 else Path(tempfile.mkdtemp(prefix="irray-"))
     runs = tmp_path_factory.mktemp("e2e-runs")
     env = isolated_torch_extensions(tmp_path_factory.mktemp("torch-extensions"))
-    cluster = RayCluster(temp, num_cpus=4, runs_root=runs, env=env)
+    # node_a: the head's own custom resource, for roles pinned to it (test_e2e_ray's two nodes).
+    cluster = RayCluster(temp, num_cpus=4, runs_root=runs, env=env, resources={"node_a": 100})
     try:
         yield cluster.start()
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -108,7 +110,9 @@ class ApiProcess:
 
     def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.env = {**os.environ, **env, "INSTRUCTRAY_API_PORT": str(self.port)}
+        # Ray's token reaches the API only through ``env`` (a stray one here would win).
+        inherited = {k: v for k, v in os.environ.items() if k not in RAY_AUTH_VARS}
+        self.env = {**inherited, **env, "INSTRUCTRAY_API_PORT": str(self.port)}
         self.log_path = log_path
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -175,10 +179,73 @@ def isolated_torch_extensions(dest: Path) -> dict[str, str]:
     return {"TORCH_EXTENSIONS_DIR": str(dest)}
 
 
+RAY_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def ray_start_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a `ray start` (head or node) of the test clusters."""
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in RAY_AUTH_VARS},
+        # Jobs run `instructray run ...`: the venv's entry point must be on their PATH.
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "TOKENIZERS_PARALLELISM": "false",
+        **extra,
+    }
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _pids_naming(markers: list[bytes]) -> list[int]:
+    """Processes (not this one) whose command line contains one of ``markers``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            if any(m in cmdline for m in markers):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _stop_ray_start(proc: subprocess.Popen, markers: list[bytes]) -> None:
+    """Stop a `ray start --block` of ours: SIGTERM (it drains and stops its own processes),
+    SIGKILL to its process group if it hangs, then whatever still names our markers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    time.sleep(1)
+    for pid in _pids_naming(markers):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _ray_ports() -> dict[str, int]:
+    """The ports of one Ray node (head or not) besides the GCS's and the dashboard's."""
+    return {
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+        "--node-manager-port": free_port(),
+        "--object-manager-port": free_port(),
+    }
+
+
 class RayCluster:
     """`ray start --head --block` with its own --temp-dir and ports, so neither an in-process
     ray.init() of other tests nor other Ray instances on the machine see it; torn down by
-    signalling only the processes it started."""
+    signalling only the processes it started.
+
+    Ray's token auth is on, as in the deployments: a random token per cluster, in a file
+    (``token_path``) that `ray start`, its jobs and the API read through ``RAY_AUTH_MODE=token``
+    + ``RAY_AUTH_TOKEN_PATH`` (``auth_env``). `add_node` joins more nodes on this machine."""
 
     def __init__(
         self,
@@ -186,42 +253,48 @@ class RayCluster:
         num_cpus: int = 4,
         runs_root: Path | None = None,
         env: dict[str, str] | None = None,
+        resources: dict[str, float] | None = None,
     ) -> None:
         self.temp_dir = temp_dir
         self.runs_root = runs_root
         self.extra_env = env or {}
         self.num_cpus = num_cpus
+        self.resources = resources or {}
         self.dashboard_port = free_port()
+        self.gcs_port = free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.token = secrets.token_hex(32)
+        self.token_path = temp_dir / "ray_auth_token"
         self.proc: subprocess.Popen | None = None
+        self.nodes: list[RayNode] = []
+
+    def auth_env(self) -> dict[str, str]:
+        """What a deployment gives every process that talks to this cluster (compose: the
+        ray_auth_token secret)."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
     def start(self, timeout: float = 180) -> RayCluster:
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.token_path.touch(mode=0o600)
+        self.token_path.write_text(self.token)
         ports = {
-            "--port": free_port(),
+            "--port": self.gcs_port,
             "--ray-client-server-port": free_port(),
-            "--dashboard-agent-listen-port": free_port(),
-            "--dashboard-agent-grpc-port": free_port(),
-            "--metrics-export-port": free_port(),
-            "--runtime-env-agent-port": free_port(),
-            "--node-manager-port": free_port(),
-            "--object-manager-port": free_port(),
+            **_ray_ports(),
         }
         cmd = [
             str(VENV_BIN / "ray"), "start", "--head", "--block",
             "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats",
             f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
+            *([f"--resources={json.dumps(self.resources)}"] if self.resources else []),
             *(f"{flag}={port}" for flag, port in ports.items()),
         ]  # fmt: skip
-        env = {
-            **os.environ,
-            "RAY_AUTH_MODE": "disabled",
-            # Jobs run `instructray run ...`: the venv's entry point must be on their PATH.
-            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "TOKENIZERS_PARALLELISM": "false",
-            **self.extra_env,
-        }
-        env.pop("RAY_ADDRESS", None)
+        env = ray_start_env({**self.auth_env(), **self.extra_env})
         log = (self.temp_dir.parent / f"{self.temp_dir.name}-ray-start.log").open("w")
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -230,7 +303,8 @@ class RayCluster:
 
         def up() -> bool:
             assert self.proc is not None and self.proc.poll() is None, "ray start exited"
-            return httpx.get(f"{self.address}/api/version", timeout=5).status_code == 200
+            r = httpx.get(f"{self.address}/api/version", headers=self.headers, timeout=5)
+            return r.status_code == 200
 
         wait_for(up, timeout, f"Ray's dashboard at {self.address}", 1.0)
         return self
@@ -238,51 +312,114 @@ class RayCluster:
     def client(self) -> Any:
         from ray.job_submission import JobSubmissionClient
 
-        return JobSubmissionClient(self.address)
+        return JobSubmissionClient(self.address, headers=self.headers)
+
+    def state(self, resource: str, **params: Any) -> list[dict]:
+        """Ray's state API over HTTP (``/api/v0/<resource>``: nodes, actors, ...), with the
+        token; no Ray client in this process."""
+        r = httpx.get(
+            f"{self.address}/api/v0/{resource}",
+            params={"limit": 10000, **params},
+            headers=self.headers,
+            timeout=30,
+        )
+        r.raise_for_status()
+        return r.json()["data"]["result"]["result"]
+
+    def alive_nodes(self) -> list[dict]:
+        return [n for n in self.state("nodes", detail=1) if n["state"] == "ALIVE"]
+
+    def add_node(
+        self, resources: dict[str, float], num_cpus: int = 2, timeout: float = 180
+    ) -> RayNode:
+        """Another Ray node on this machine joined to this cluster, with ``resources``."""
+        node = RayNode(self, len(self.nodes) + 1, resources, num_cpus)
+        self.nodes.append(node)
+        return node.start(timeout)
 
     def _leftovers(self) -> list[int]:
         """Processes of this cluster only: their command line names our unique temp dir (or,
         for job drivers, our runs root)."""
-        markers = [str(p).encode() for p in (self.temp_dir, self.runs_root) if p is not None]
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-                if any(m in cmdline for m in markers):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-        return pids
+        return _pids_naming(
+            [str(p).encode() for p in (self.temp_dir, self.runs_root) if p is not None]
+        )
 
     def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()  # ray start --block drains and stops its own processes
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
-        time.sleep(1)
-        for pid in self._leftovers():
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        markers = [str(p).encode() for p in (self.temp_dir, self.runs_root) if p is not None]
+        _stop_ray_start(self.proc, markers)
+
+
+class RayNode:
+    """A non-head node of a `RayCluster` on the same machine: `ray start --address=<GCS>
+    --block` on 127.0.0.1 with ports and a --temp-dir of its own (Ray allows one per node) and
+    the cluster's token, stopped by signalling only its own processes."""
+
+    def __init__(
+        self, cluster: RayCluster, index: int, resources: dict[str, float], num_cpus: int
+    ) -> None:
+        self.cluster = cluster
+        # A sibling of the head's: Ray's socket paths must stay short.
+        self.temp_dir = cluster.temp_dir.with_name(f"{cluster.temp_dir.name}-n{index}")
+        self.resources = resources
+        self.num_cpus = num_cpus
+        self.proc: subprocess.Popen | None = None
+        self.node_id: str | None = None
+
+    def start(self, timeout: float = 180) -> RayNode:
+        c = self.cluster
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            str(VENV_BIN / "ray"), "start", "--block", f"--address=127.0.0.1:{c.gcs_port}",
+            "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+            f"--num-cpus={self.num_cpus}", f"--resources={json.dumps(self.resources)}",
+            f"--temp-dir={self.temp_dir}",
+            *(f"{flag}={port}" for flag, port in _ray_ports().items()),
+        ]  # fmt: skip
+        env = ray_start_env({**c.auth_env(), **c.extra_env})
+        log = (self.temp_dir.parent / f"{self.temp_dir.name}-ray-start.log").open("w")
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        name = next(iter(self.resources))
+
+        def joined() -> str | None:
+            assert self.proc is not None and self.proc.poll() is None, "ray start exited"
+            mine = [n for n in c.alive_nodes() if name in n["resources_total"]]
+            return mine[0]["node_id"] if mine else None
+
+        self.node_id = wait_for(joined, timeout, f"a Ray node with {name} to join", 1.0)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_ray_start(self.proc, [str(self.temp_dir).encode()])
 
 
 @contextmanager
-def api_service(cluster: RayCluster, log_dir: Path, name: str, token: str) -> Iterator[ApiProcess]:
+def api_service(
+    cluster: RayCluster,
+    log_dir: Path,
+    name: str,
+    token: str,
+    env: dict[str, str] | None = None,
+) -> Iterator[ApiProcess]:
     """``python -m instructray.api`` with a service of its own (runs folder and database) on the
-    shared test cluster, stopped on exit; its log is ``log_dir/api-<name>-server.log``."""
+    shared test cluster, stopped on exit; its log is ``log_dir/api-<name>-server.log``. ``env``:
+    more ``INSTRUCTRAY_API_*`` settings."""
     assert cluster.runs_root is not None
     env = {
+        **cluster.auth_env(),  # Ray's token, as docker-compose gives it to the API
         "INSTRUCTRAY_API_RAY_ADDRESS": cluster.address,
         "INSTRUCTRAY_API_RUNS_ROOT": str(cluster.runs_root / name),
         "INSTRUCTRAY_API_CONFIGS_ROOT": str(REPO / "configs"),
         "INSTRUCTRAY_API_TOKEN": token,
         "INSTRUCTRAY_API_POLL_INTERVAL_S": "0.5",
+        **(env or {}),
     }
     server = ApiProcess(env, log_dir / f"api-{name}-server.log")
     server.start()
@@ -290,3 +427,11 @@ def api_service(cluster: RayCluster, log_dir: Path, name: str, token: str) -> It
         yield server
     finally:
         server.stop()
+
+
+def documented_ray_job_submit(run_id: str) -> list[str]:
+    """The `ray job submit` line of deploy/README.md, split as a shell would, with ``$RUN_ID``
+    set to ``run_id``."""
+    readme = (REPO / "deploy" / "README.md").read_text()
+    [line] = [ln for ln in readme.splitlines() if ln.startswith("ray job submit ")]
+    return shlex.split(line.replace('"$RUN_ID"', run_id).replace("$RUN_ID", run_id))

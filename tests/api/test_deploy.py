@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from pathlib import Path
 
 import jsonschema
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 from instructray.api.submission import run_dir_of
-from tests.api.helpers import REPO
+from tests.api.helpers import REPO, documented_ray_job_submit
 
 DEPLOY = REPO / "deploy"
 
@@ -100,16 +99,10 @@ def test_kuberay_rayjob_runs_the_cli_entry_point_into_the_shared_runs_folder() -
     assert run_dir is not None and run_dir.parent == Path("/runs")  # adoptable by the API
 
 
-def documented_ray_job_submit() -> list[str]:
-    readme = (DEPLOY / "README.md").read_text()
-    [line] = [ln for ln in readme.splitlines() if ln.startswith("ray job submit ")]
-    return shlex.split(line.replace('"$RUN_ID"', "tiny-1").replace("$RUN_ID", "tiny-1"))
-
-
 def test_readme_ray_job_submit_command_parses_with_rays_cli() -> None:
     from ray.dashboard.modules.job.cli import submit
 
-    args = documented_ray_job_submit()
+    args = documented_ray_job_submit("tiny-1")
     assert args[:3] == ["ray", "job", "submit"]
     params = submit.make_context("submit", args[3:]).params
     assert params["address"] == "http://127.0.0.1:8265" and params["submission_id"] == "tiny-1"

@@ -192,6 +192,27 @@ def test_restart_reconciles_with_ray_without_duplicating_jobs(
     assert len(fake_ray.submissions) == 2  # nothing submitted twice
 
 
+def test_a_job_adopted_before_its_driver_wrote_the_config_gets_it_later(
+    client: httpx.Client, fake_ray: FakeRayJobs, settings: Settings
+) -> None:
+    """`ray job submit` returns at once and the driver writes RUN_DIR/config.yaml seconds later:
+    a job adopted in between shows its config (and name) once the file is there."""
+    run_dir = settings.runs_root / "tiny-early"
+    fake_ray.add_external("tiny-early", f"instructray run /c/tiny.yaml --out {run_dir}")
+
+    def found() -> dict | None:
+        r = client.get("/jobs/tiny-early")
+        return r.json() if r.status_code == 200 else None
+
+    early = wait_for(found, 15, "the adoption", 0.05)
+    assert (early["source"], early["name"], early["config"]) == ("ray", "tiny-early", {})
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"name": "tiny", "stages": ["sft"]}))
+    later = wait_for(lambda: (j := found()) and j["config"] and j, 15, "the config", 0.05)
+    assert (later["name"], later["stages_planned"]) == ("tiny", ["sft"])
+    assert later["config"] == {"name": "tiny", "stages": ["sft"]}
+
+
 @both_backends
 def test_logs_stream_as_server_sent_events_until_the_job_ends(
     client: httpx.Client, fake_ray: FakeRayJobs

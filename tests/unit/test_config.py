@@ -170,6 +170,17 @@ def test_out_of_range_names_field_and_value():
     assert "ppo.clip_eps: Input should be greater than 0 (got -1)" in msg
 
 
+def test_custom_resources_of_a_role_are_named_and_positive():
+    cfg = load_config(None, ["resources.rollout.resources={node_b: 1}"])
+    assert (
+        cfg.resources.rollout.resources == {"node_b": 1.0} and cfg.resources.policy.resources == {}
+    )
+    assert "must not be empty" in _error(['resources.rollout.resources={"": 1}'])
+    assert "set num_cpus / num_gpus" in _error(["resources.rollout.resources={CPU: 1}"])
+    msg = _error(["resources.rollout.resources={node_b: 0}"])
+    assert "resources.rollout.resources.node_b: Input should be greater than 0 (got 0)" in msg
+
+
 def test_wrong_type_names_field_and_value():
     msg = _error(["ppo.iterations=abc"])
     assert "ppo.iterations:" in msg

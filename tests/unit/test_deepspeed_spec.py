@@ -90,6 +90,16 @@ def test_rollout_engines_come_from_num_engines():
     assert role_size(cfg, "rollout") == placement(cfg, "rollout").actors == 3
 
 
+def test_custom_resources_pin_each_rank_of_a_role():
+    from instructray.orchestrator.roles import placement
+
+    cfg = JobConfig.model_validate(
+        {"resources": {"device": "cpu", "rollout": {"resources": {"node_b": 1}}}}
+    )
+    assert placement(cfg, "rollout").resources == {"node_b": 1.0}
+    assert placement(cfg, "policy").resources == {}
+
+
 def test_solo_threads_split_this_machines_cpus_over_the_ranks(monkeypatch) -> None:
     from instructray.orchestrator import roles
 

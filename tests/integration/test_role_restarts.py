@@ -1,0 +1,91 @@
+"""kill -9 of a stateless role mid-PPO (the reference, the vLLM engine core): that role alone
+starts again, the engine with the current policy weights (checked), the iteration is retried, and
+the run's numbers equal an uninterrupted run's; no roll-back to a train state."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+
+from instructray.actors.group import ROLE_ENV
+from instructray.config import load_config
+from instructray.orchestrator.pipeline import run_job
+from instructray.run_log import read_metrics
+from tests.integration.test_resume import (
+    REPO,
+    Driver,
+    _logged,
+    _processes,
+    _summary,
+    assert_same_after,
+    assert_same_weights,
+    ppo_sets,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def _actor_pid(role: str) -> int:
+    """The pid of the one actor process of ``role`` (each rank has INSTRUCTRAY_ROLE set)."""
+    (pid,) = [pid for pid in _processes("ray::") if _role_of(pid) == role]
+    return pid
+
+
+def _role_of(pid: int) -> str | None:
+    try:
+        return psutil.Process(pid).environ().get(ROLE_ENV)
+    except psutil.Error:  # gone meanwhile
+        return None
+
+
+def _restarted(run_dir: Path, count: int) -> bool:
+    warnings = _summary(run_dir).get("warnings", [])
+    return sum(w["kind"] == "role_restarted" for w in warnings) >= count
+
+
+def test_ppo_restarts_a_dead_reference_and_a_dead_engine_in_place(
+    tiny_run: Path, ray_cluster: None, tmp_path: Path
+) -> None:
+    sets = [
+        *ppo_sets(tiny_run / "checkpoints" / "sft"),
+        "ppo.async_queue=0",  # in place is exact only without batches in flight
+        "ppo.monitor.every=0",  # the reference and the engine serve PPO alone
+    ]
+    reference, run_dir = tmp_path / "reference", tmp_path / "faulty"
+    run_job(load_config(REPO / "configs" / "tiny.yaml", [*sets, f"output.run_dir={reference}"]))
+
+    driver = Driver(sets, run_dir)
+    driver.until(lambda: _logged(run_dir, "ppo", 2), "ppo step 2")
+    os.kill(_actor_pid("reference"), signal.SIGKILL)
+    driver.until(lambda: _restarted(run_dir, 1), "a restart of the reference")
+    driver.until(lambda: _logged(run_dir, "ppo", 4), "ppo step 4")
+    (engine_core,) = _processes("VLLM::EngineCore")
+    os.kill(engine_core, signal.SIGKILL)
+    assert driver.proc.wait(timeout=600) == 0, driver.log.read_text()[-3000:]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "succeeded"
+    assert summary.get("resumes", []) == []  # no roll-back to a train state
+    assert not [w for w in summary["warnings"] if w["kind"] == "actor_died"]
+    restarted = [w["message"] for w in summary["warnings"] if w["kind"] == "role_restarted"]
+    assert [m.split(" died: ")[0] for m in restarted] == [
+        "reference (rank 0 of 1)",
+        "rollout (rank 0 of 1)",
+    ]
+    assert "restart 1 of 3: the reference role started again in place" in restarted[0]
+    assert "restart 2 of 3: the rollout role started again in place" in restarted[1]
+    gap = re.search(r"current policy weights synced \(log-prob gap ([0-9.e+-]+)\)", restarted[1])
+    assert gap is not None and float(gap.group(1)) < 1e-5  # fp32: the engine has the weights
+
+    assert summary["stages"]["ppo"]["steps"] == 6
+    assert_same_after(reference, run_dir, "ppo", after=0)  # every step, bit for bit
+    counts = [r["role_restarts"] for r in read_metrics(run_dir, "ppo")]
+    assert counts == sorted(counts) and counts[0] == 0 and counts[-1] == 2
+    for part in ("ppo", "ppo_critic"):
+        assert_same_weights(reference / "checkpoints" / part, run_dir / "checkpoints" / part)
