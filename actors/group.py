@@ -99,7 +99,6 @@ class ActorGroup:
         }
         self._init_kwargs = init_kwargs
         self._setup: list[tuple[Method, tuple[Any, ...]]] = []
-        self.restarts = 0
         self._actors: list[Any] = []
         self._start()
 
@@ -129,7 +128,6 @@ class ActorGroup:
         self._start()
         for method, args in self._setup:
             self.call(method, *args)
-        self.restarts += 1
 
     @property
     def world_size(self) -> int:

@@ -315,10 +315,8 @@ class PPOCoordinator:
         colocated); the transport was chosen from the actors' placement at start."""
         try:
             return self.weight_sync(self.roles.policy, self.roles.rollout)
-        except RoleError as err:
-            if err.role != "rollout":
-                raise
-            self.restart_role(err, allowed=not self.cfg.async_queue)  # syncs the new engines
+        except RoleError as err:  # a stateless role restarts (new engines are synced there)
+            self.restart_role(err, allowed=not self.cfg.async_queue)
             return self.weight_sync(self.roles.policy, self.roles.rollout)
 
     # -- in-place restarts of the stateless roles (see orchestrator.recovery) ------------------

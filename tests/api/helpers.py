@@ -210,6 +210,21 @@ def _pids_naming(markers: list[bytes]) -> list[int]:
     return pids
 
 
+def _launch_ray_start(
+    cmd: list[str], extra_env: dict[str, str], temp_dir: Path
+) -> subprocess.Popen:
+    """`ray start ... --block` in its own session (so only its processes are signalled), its
+    output in <temp_dir>-ray-start.log beside the temp dir."""
+    log = (temp_dir.parent / f"{temp_dir.name}-ray-start.log").open("w")
+    try:
+        return subprocess.Popen(
+            cmd, env=ray_start_env(extra_env), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    finally:
+        log.close()
+
+
 def _stop_ray_start(proc: subprocess.Popen, markers: list[bytes]) -> None:
     """Stop a `ray start --block` of ours: SIGTERM (it drains and stops its own processes),
     SIGKILL to its process group if it hangs, then whatever still names our markers."""
@@ -294,12 +309,7 @@ class RayCluster:
             *([f"--resources={json.dumps(self.resources)}"] if self.resources else []),
             *(f"{flag}={port}" for flag, port in ports.items()),
         ]  # fmt: skip
-        env = ray_start_env({**self.auth_env(), **self.extra_env})
-        log = (self.temp_dir.parent / f"{self.temp_dir.name}-ray-start.log").open("w")
-        self.proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
+        self.proc = _launch_ray_start(cmd, {**self.auth_env(), **self.extra_env}, self.temp_dir)
 
         def up() -> bool:
             assert self.proc is not None and self.proc.poll() is None, "ray start exited"
@@ -337,13 +347,6 @@ class RayCluster:
         self.nodes.append(node)
         return node.start(timeout)
 
-    def _leftovers(self) -> list[int]:
-        """Processes of this cluster only: their command line names our unique temp dir (or,
-        for job drivers, our runs root)."""
-        return _pids_naming(
-            [str(p).encode() for p in (self.temp_dir, self.runs_root) if p is not None]
-        )
-
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
@@ -379,12 +382,7 @@ class RayNode:
             f"--temp-dir={self.temp_dir}",
             *(f"{flag}={port}" for flag, port in _ray_ports().items()),
         ]  # fmt: skip
-        env = ray_start_env({**c.auth_env(), **c.extra_env})
-        log = (self.temp_dir.parent / f"{self.temp_dir.name}-ray-start.log").open("w")
-        self.proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
+        self.proc = _launch_ray_start(cmd, {**c.auth_env(), **c.extra_env}, self.temp_dir)
         name = next(iter(self.resources))
 
         def joined() -> str | None:
