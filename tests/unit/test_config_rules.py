@@ -112,7 +112,9 @@ def _float_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
             inner.add(item)
             stack.extend(typing.get_args(item))
         if float in inner:
-            names.append(f"{prefix}{name}")
+            # a dict of floats (custom Ray resources) is checked through one of its keys
+            is_dict = any(typing.get_origin(t) is dict for t in inner)
+            names.append(f"{prefix}{name}.x" if is_dict else f"{prefix}{name}")
         for t in inner:
             if isinstance(t, type) and issubclass(t, BaseModel):
                 names += _float_fields(t, f"{prefix}{name}.")
@@ -124,7 +126,12 @@ FLOAT_FIELDS = _float_fields(JobConfig)
 
 def test_the_float_fields_are_found():
     assert len(FLOAT_FIELDS) > 30
-    assert {"ppo.policy_optim.lr", "ppo.kl.init_coef", "eval.confidence"} <= set(FLOAT_FIELDS)
+    assert {
+        "ppo.policy_optim.lr",
+        "ppo.kl.init_coef",
+        "eval.confidence",
+        "resources.policy.resources.x",
+    } <= set(FLOAT_FIELDS)
 
 
 @pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
