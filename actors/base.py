@@ -9,23 +9,24 @@ from __future__ import annotations
 import shutil
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from instructray.models import disable_dropout, train_top_layers
 from instructray.rollout.weights import write_file
+from instructray.training.batches import TensorBatch
 from instructray.training.deepspeed_model import (
     DeepSpeedSpec,
     build_deepspeed_model,
     full_state_dict,
     init_distributed,
 )
-from instructray.training.forward import Batch, to_device
 from instructray.training.guard import check_finite, check_gradients
 from instructray.training.train_state import rng_state, set_rng_state
 
 DEEPSPEED_TAG = "deepspeed"
+B = TypeVar("B", bound=TensorBatch)
 
 
 class RankActor:
@@ -66,8 +67,8 @@ class RankActor:
         self.model = self.ds_model.module
         self.model.train()
 
-    def _batch(self, batch: Batch) -> Batch:
-        return to_device(batch, self.device)
+    def _on_device(self, batch: B) -> B:
+        return batch.to(self.device)
 
     # -- optimizer steps that refuse NaN and inf (see instructray.training.guard) -------------
     def _where(self, what: str) -> str:

@@ -11,8 +11,9 @@ from instructray.actors.base import RankActor
 from instructray.algorithms import pairwise_ranking_loss, value_loss_clipped
 from instructray.config.rank import CriticLossParams
 from instructray.models import load_value_model, sequence_scores
+from instructray.training.batches import ActionBatch, CriticBatch, RankingBatch, TextBatch
 from instructray.training.deepspeed_model import DeepSpeedSpec, current_lr, torch_dtype
-from instructray.training.forward import Batch, action_values, micro_batches
+from instructray.training.forward import action_values
 
 
 class ValueModelActor(RankActor):
@@ -21,25 +22,15 @@ class ValueModelActor(RankActor):
         self._attach(load_value_model(path, torch_dtype(dtype)), spec)
 
     # -- reward model -------------------------------------------------------------------------
-    def _rm_groups(self, batch: Batch) -> list[Batch]:
-        """Micro-batches made of whole ranking groups, so no prompt's K answers are split."""
-        assert self.spec is not None, "this actor was loaded without an optimizer"
-        batch = self._batch(batch)
-        groups = torch.unique_consecutive(batch["group_ids"])
-        out = []
-        for i in range(0, len(groups), self.spec.micro_batch_size):
-            keep = torch.isin(batch["group_ids"], groups[i : i + self.spec.micro_batch_size])
-            out.append({k: v[keep] for k, v in batch.items()})
-        return out
-
-    def _rm_loss(self, mb: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rewards = sequence_scores(self.model, mb["input_ids"], mb["attention_mask"]).float()
-        loss, accuracy = pairwise_ranking_loss(rewards, mb["group_ids"], mb["ranks"])
+    def _rm_loss(self, mb: RankingBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rewards = sequence_scores(self.model, mb.input_ids, mb.attention_mask).float()
+        loss, accuracy = pairwise_ranking_loss(rewards, mb.group_ids, mb.ranks)
         return loss, accuracy, rewards
 
-    def train_rm(self, batch: Batch) -> dict[str, float]:
+    def train_rm(self, batch: RankingBatch) -> dict[str, float]:
+        assert self.spec is not None, "this actor was loaded without an optimizer"
         losses, accuracies = [], []
-        for mb in self._rm_groups(batch):
+        for mb in self._on_device(batch).whole_groups(self.spec.micro_batch_size):
             loss, accuracy, _ = self._rm_loss(mb)
             self._backward(loss, "reward model")
             self._step("reward model")
@@ -52,8 +43,8 @@ class ValueModelActor(RankActor):
         }
 
     @torch.no_grad()
-    def eval_rm(self, batch: Batch) -> dict[str, float]:
-        loss, accuracy, _ = self._rm_loss(self._batch(batch))
+    def eval_rm(self, batch: RankingBatch) -> dict[str, float]:
+        loss, accuracy, _ = self._rm_loss(self._on_device(batch))
         return {"loss": loss.item(), "accuracy": float(accuracy)}
 
     def set_reward_offset(self, offset: float) -> None:
@@ -62,28 +53,28 @@ class ValueModelActor(RankActor):
         self.model.config.reward_offset = float(offset)
 
     @torch.no_grad()
-    def scores(self, batch: Batch) -> torch.Tensor:
-        """r(x, y) at the last real token of each `[prompt | response]` row."""
-        batch = self._batch(batch)
-        ids = batch.get("sequences", batch.get("input_ids"))
-        return sequence_scores(self.model, ids, batch["attention_mask"]).float().cpu()
+    def scores(self, batch: ActionBatch | TextBatch) -> torch.Tensor:
+        """r(x, y) at the last real token of each row: sampled `[prompt | response]` rows, or
+        demonstrations (reward normalisation)."""
+        batch = self._on_device(batch)
+        ids = batch.sequences if isinstance(batch, ActionBatch) else batch.input_ids
+        return sequence_scores(self.model, ids, batch.attention_mask).float().cpu()
 
     # -- critic -------------------------------------------------------------------------------
     @torch.no_grad()
-    def action_values(self, batch: Batch) -> torch.Tensor:
-        batch = self._batch(batch)
+    def action_values(self, batch: ActionBatch) -> torch.Tensor:
+        batch = self._on_device(batch)
         return action_values(
-            self.model, batch["sequences"], batch["attention_mask"], batch["action_mask"].shape[1]
+            self.model, batch.sequences, batch.attention_mask, batch.num_actions
         ).cpu()
 
-    def train_critic(self, batch: Batch, params: CriticLossParams) -> dict[str, float]:
+    def train_critic(self, batch: CriticBatch, params: CriticLossParams) -> dict[str, float]:
         assert self.spec is not None, "this actor was loaded without an optimizer"
         rows = []
-        for mb in micro_batches(self._batch(batch), self.spec.micro_batch_size):
-            mask = mb["action_mask"]
-            values = action_values(self.model, mb["sequences"], mb["attention_mask"], mask.shape[1])
+        for mb in self._on_device(batch).chunks(self.spec.micro_batch_size):
+            values = action_values(self.model, mb.sequences, mb.attention_mask, mb.num_actions)
             loss, clip_frac = value_loss_clipped(
-                values, mb["values"], mb["returns"], mask, params.value_clip_eps
+                values, mb.values, mb.returns, mb.action_mask, params.value_clip_eps
             )
             self._backward(params.value_loss_coef * loss, "PPO critic")
             self._step("PPO critic")

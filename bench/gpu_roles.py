@@ -75,8 +75,9 @@ def run_config(path: Path, dtype: str, zero: int, args: argparse.Namespace) -> d
     from instructray.config import OptimConfig, PPOStageConfig, SamplingConfig
     from instructray.config.rank import CriticLossParams, PolicyLossParams
     from instructray.orchestrator.experience import assemble_experience
+    from instructray.training.batches import PolicyShard
     from instructray.training.deepspeed_model import DeepSpeedSpec
-    from instructray.training.forward import PolicyShard, action_logprobs
+    from instructray.training.forward import action_logprobs
 
     mini, micro = args.mini_batch, args.micro_batch
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=32)
@@ -119,7 +120,7 @@ def run_config(path: Path, dtype: str, zero: int, args: argparse.Namespace) -> d
             sampled, t_gen = timed(
                 rollout.generate, prompts(tok, args.rollout_batch), sampling, 1, it
             )
-            batch = sampled.model_inputs()
+            batch = sampled.action_batch()
             start = time.perf_counter()
             logprobs = policy.action_logprobs(batch)
             ref_logprobs = reference.action_logprobs(batch)
@@ -141,9 +142,9 @@ def run_config(path: Path, dtype: str, zero: int, args: argparse.Namespace) -> d
             )
             start, train = time.perf_counter(), []
             for mb in exp.minibatches(mini, generator):
-                shard = PolicyShard(mb.policy_inputs(), None)
+                shard = PolicyShard(mb.policy_batch(), None)
                 train.append(policy.train_ppo(shard, PolicyLossParams.of(cfg)))
-                train[-1] |= critic.train_critic(mb.critic_inputs(), CriticLossParams.of(cfg))
+                train[-1] |= critic.train_critic(mb.critic_batch(), CriticLossParams.of(cfg))
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t_train = time.perf_counter() - start

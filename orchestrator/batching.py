@@ -19,9 +19,9 @@ from instructray.data import (
     TextExample,
 )
 from instructray.data.records import TokenIds
+from instructray.training.batches import PairBatch, RankingBatch, TextBatch
 
 T = TypeVar("T")
-Batch = dict[str, torch.Tensor]
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -80,7 +80,7 @@ def answer_row(
 
 def lm_batch(
     tokenizer: Any, examples: Sequence[SFTExample | TextExample], max_prompt: int, max_len: int
-) -> Batch:
+) -> TextBatch:
     """SFT examples train on the response only; plain texts (pre-training) on every token."""
     rows, masks = [], []
     for ex in examples:
@@ -93,12 +93,12 @@ def lm_batch(
         masks.append(loss)
     input_ids, attention_mask = pad_right(rows, tokenizer.pad_token_id)
     loss_mask, _ = pad_right(masks, 0)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+    return TextBatch(input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask)
 
 
 def ranking_batch(
     tokenizer: Any, comparisons: Sequence[RankedComparison], max_prompt: int, max_len: int
-) -> Batch:
+) -> RankingBatch:
     """All K answers of every comparison, flattened, with group ids and ranks (0 = best)."""
     rows, group_ids, ranks = [], [], []
     for g, comp in enumerate(comparisons):
@@ -111,19 +111,19 @@ def ranking_batch(
             group_ids.append(g)
             ranks.append(rank)
     input_ids, attention_mask = pad_right(rows, tokenizer.pad_token_id)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "group_ids": torch.tensor(group_ids),
-        "ranks": torch.tensor(ranks),
-    }
+    return RankingBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        group_ids=torch.tensor(group_ids),
+        ranks=torch.tensor(ranks),
+    )
 
 
 def pair_batch(
     tokenizer: Any, pairs: Sequence[PreferencePair], max_prompt: int, max_len: int
-) -> Batch:
+) -> PairBatch:
     """(prompt, chosen, rejected) pairs for DPO."""
-    out: Batch = {}
+    sides = {}
     for side in ("chosen", "rejected"):
         encoded = [
             answer_row(
@@ -139,8 +139,8 @@ def pair_batch(
         ]
         ids, mask = pad_right([e[0] for e in encoded], tokenizer.pad_token_id)
         loss_mask, _ = pad_right([e[1] for e in encoded], 0)
-        out |= {f"{side}_ids": ids, f"{side}_mask": mask, f"{side}_loss_mask": loss_mask}
-    return out
+        sides[side] = TextBatch(input_ids=ids, attention_mask=mask, loss_mask=loss_mask)
+    return PairBatch(chosen=sides["chosen"], rejected=sides["rejected"])
 
 
 def comparison_pairs(comparisons: Sequence[RankedComparison]) -> list[PreferencePair]:

@@ -33,10 +33,9 @@ from instructray.orchestrator.recovery import PROBE, STATELESS_ROLES, RoleRestar
 from instructray.orchestrator.stages.common import Stopwatch
 from instructray.orchestrator.weight_sync import choose_weight_sync
 from instructray.rollout.batch import Rollout
-from instructray.training.forward import PolicyShard
+from instructray.training.batches import PolicyShard, TextBatch
 from instructray.training.guard import check_finite
 
-Batch = dict[str, torch.Tensor]
 ENGINE_GAP_LIMIT = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
 """Largest mean |log-prob| gap between restarted engines and the policy that passes, by dtype:
 fp32 on CPU shows ~1e-7 (other kernels, same weights), one tiny-preset PPO step moves it ~1e-3."""
@@ -243,7 +242,7 @@ class PPOCoordinator:
         """Score the rollouts on every model at once, then shape rewards and advantages."""
         roles, cfg = self.roles, self.cfg
         temperature = cfg.sampling.temperature
-        inputs = rollout.model_inputs()
+        inputs = rollout.action_batch()
         engine_logprobs = rollout.logprobs
         from_engine = cfg.old_logprobs == "engine" and engine_logprobs is not None
         policy_refs = (
@@ -275,7 +274,7 @@ class PPOCoordinator:
             self.estimator,
         )
 
-    def _ptx_shards(self, world_size: int) -> list[Batch | None]:
+    def _ptx_shards(self, world_size: int) -> list[TextBatch | None]:
         if self.ptx_texts is None:
             return [None] * world_size
         texts = [next(self.ptx_texts) for _ in range(self.cfg.ptx_batch_size * world_size)]
@@ -295,14 +294,14 @@ class PPOCoordinator:
                 ptx = self._ptx_shards(roles.policy.world_size)
                 policy_refs = roles.policy.map_async(
                     lambda a: a.train_ppo,
-                    [PolicyShard(s.policy_inputs(), p) for s, p in zip(shards, ptx, strict=True)],
+                    [PolicyShard(s.policy_batch(), p) for s, p in zip(shards, ptx, strict=True)],
                     PolicyLossParams.of(cfg),
                 )
                 critic_refs = []
                 if roles.critic is not None:
-                    critic_inputs = [s.critic_inputs() for s in mb.shard(roles.critic.world_size)]
+                    critic_shards = [s.critic_batch() for s in mb.shard(roles.critic.world_size)]
                     critic_refs = roles.critic.map_async(
-                        lambda a: a.train_critic, critic_inputs, CriticLossParams.of(cfg)
+                        lambda a: a.train_critic, critic_shards, CriticLossParams.of(cfg)
                     )
                 policy_rows += wait(policy_refs)
                 critic_rows += wait(critic_refs)
@@ -349,7 +348,7 @@ class PPOCoordinator:
         rollout = Rollout.merge(wait(refs), self.tokenizer.pad_token_id)
         if rollout.logprobs is None:
             return float("nan")
-        inputs = rollout.model_inputs()
+        inputs = rollout.action_batch()
         policy = forward_on(self.roles.policy, lambda a: a.action_logprobs, inputs, 1.0)
         diff = (torch.cat(wait(policy)) - rollout.logprobs).abs()
         return masked_mean(diff, rollout.action_mask).item()

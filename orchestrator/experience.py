@@ -8,7 +8,7 @@ are shaped [B, R] and cover only the response (the "actions"); a response token 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -23,10 +23,11 @@ from instructray.algorithms import (
 )
 from instructray.config import PPOStageConfig
 from instructray.rollout.batch import Rollout
+from instructray.training.batches import CriticBatch, PolicyBatch, TensorBatch
 
 
-@dataclass
-class Experience:
+@dataclass(frozen=True)
+class Experience(TensorBatch):
     # -- from the rollout engine -----------------------------------------------------------
     sequences: torch.Tensor
     """[B, P+R] token ids: prompt (left-padded) then response (right-padded)."""
@@ -69,50 +70,38 @@ class Experience:
     def num_actions(self) -> int:
         return self.action_mask.shape[1]
 
-    def __len__(self) -> int:
-        return self.sequences.shape[0]
-
-    def select(self, index: torch.Tensor) -> Experience:
-        """The rows in ``index`` (a mini-batch), every field sliced alike."""
-        picked = {
-            f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
-            for f in fields(self)
-        }
-        return replace(self, **picked)
-
     def minibatches(self, size: int, generator: torch.Generator) -> Iterator[Experience]:
         order = torch.randperm(len(self), generator=generator)
         for start in range(0, len(self) - size + 1, size):
-            yield self.select(order[start : start + size])
+            yield self.rows(order[start : start + size])
 
     def shard(self, world_size: int) -> list[Experience]:
         """Equal contiguous slices, one per data-parallel rank."""
         per_rank = len(self) // world_size
-        return [
-            self.select(torch.arange(r * per_rank, (r + 1) * per_rank)) for r in range(world_size)
-        ]
+        return [self.rows(slice(r * per_rank, (r + 1) * per_rank)) for r in range(world_size)]
 
-    def policy_inputs(self) -> dict[str, torch.Tensor]:
-        inputs = {
-            "sequences": self.sequences,
-            "attention_mask": self.attention_mask,
-            "action_mask": self.action_mask,
-            "logprobs": self.logprobs,
-            "advantages": self.advantages,
-        }
-        if self.is_weights is not None:
-            inputs["is_weights"] = self.is_weights
-        return inputs
+    def policy_batch(self) -> PolicyBatch:
+        """What a policy rank's PPO update reads (the rest stays on the driver)."""
+        return PolicyBatch(
+            sequences=self.sequences,
+            attention_mask=self.attention_mask,
+            action_mask=self.action_mask,
+            logprobs=self.logprobs,
+            advantages=self.advantages,
+            is_weights=self.is_weights,
+        )
 
-    def critic_inputs(self) -> dict[str, torch.Tensor]:
-        assert self.values is not None
-        return {
-            "sequences": self.sequences,
-            "attention_mask": self.attention_mask,
-            "action_mask": self.action_mask,
-            "values": self.values,
-            "returns": self.returns,
-        }
+    def critic_batch(self) -> CriticBatch:
+        """What a critic rank's value update reads."""
+        if self.values is None:
+            raise ValueError("this experience has no values (a critic-free estimator)")
+        return CriticBatch(
+            sequences=self.sequences,
+            attention_mask=self.attention_mask,
+            action_mask=self.action_mask,
+            values=self.values,
+            returns=self.returns,
+        )
 
 
 def ended_with_eos(rollout: Rollout, eos_id: int) -> torch.Tensor:

@@ -18,19 +18,18 @@ from instructray.algorithms import kl_penalty, masked_sum
 from instructray.evaluation import EvalJudge, SampleSet, load_judge
 from instructray.orchestrator.experience import ended_with_eos
 from instructray.rollout.batch import Rollout
-from instructray.training.forward import split_batch
+from instructray.training.batches import TensorBatch
 
-Batch = dict[str, torch.Tensor]
 PROXY = "rm"
 """Name of the proxy reward among a SampleSet's scores (a reward model or a function)."""
 
 
 def forward_on(
-    group: ActorGroup, method: Callable[[Any], Any], batch: Batch, *common: Any
+    group: ActorGroup, method: Callable[[Any], Any], batch: TensorBatch, *common: Any
 ) -> list[Any]:
     """Start ``method(actor)(shard, *common)`` on every rank (collective under ZeRO-3);
     returns refs."""
-    return group.map_async(method, split_batch(batch, group.world_size), *common)
+    return group.map_async(method, batch.split(group.world_size), *common)
 
 
 def decode_rollout(tokenizer: Any, rollout: Rollout) -> tuple[list[str], list[str]]:
@@ -65,7 +64,7 @@ class RewardSource:
         """Start scoring on the reward model's actors (nothing to start for a function)."""
         if self.model is None:
             return []
-        return forward_on(self.model, lambda a: a.scores, rollout.model_inputs())
+        return forward_on(self.model, lambda a: a.scores, rollout.action_batch())
 
     def result(self, started: list[Any], rollout: Rollout) -> torch.Tensor:
         if self.function is None:
@@ -87,7 +86,7 @@ class SampleScorer:
 
     def score(self, rollout: Rollout, prompts: Sequence[str], temperature: float) -> SampleSet:
         """One SampleSet for rollouts answering ``prompts`` (one sample each, same order)."""
-        inputs = rollout.model_inputs()
+        inputs = rollout.action_batch()
         policy_refs = forward_on(self.policy, lambda a: a.action_logprobs, inputs, temperature)
         ref_refs = forward_on(self.reference, lambda a: a.action_logprobs, inputs, temperature)
         reward_refs = self.reward.start(rollout) if self.reward is not None else []

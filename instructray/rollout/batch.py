@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from instructray.training.batches import ActionBatch
+
 
 @dataclass(frozen=True)
 class Rollout:
@@ -34,13 +36,13 @@ class Rollout:
         """[B, R] the response part of ``sequences``."""
         return self.sequences[:, -self.num_actions :]
 
-    def model_inputs(self) -> dict[str, torch.Tensor]:
+    def action_batch(self) -> ActionBatch:
         """What a forward pass over the rows needs (log-probs, values, reward scores)."""
-        return {
-            "sequences": self.sequences,
-            "attention_mask": self.attention_mask,
-            "action_mask": self.action_mask,
-        }
+        return ActionBatch(
+            sequences=self.sequences,
+            attention_mask=self.attention_mask,
+            action_mask=self.action_mask,
+        )
 
     @classmethod
     def merge(cls, parts: list[Rollout], pad_id: int) -> Rollout:

@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-
 import torch
 
 from instructray.algorithms import response_logprobs, tempered_logits
 from instructray.models import token_values
-
-Batch = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class PolicyShard:
-    """One policy rank's share of a PPO mini-batch."""
-
-    rollout: Batch
-    """sequences, attention_mask, action_mask, logprobs (π_old), advantages, is_weights."""
-    ptx: Batch | None
-    """Pre-training text for PPO-ptx (input_ids, attention_mask, loss_mask); None without."""
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -65,30 +50,3 @@ def action_values(
     """V(s_t) for every response token: the value at the position that predicts it."""
     values = token_values(model, sequences, mask).float()
     return values[:, -num_actions - 1 : -1]
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def batch_size(batch: Batch) -> int:
-    return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
-
-
-def split_batch(batch: Batch, parts: int) -> list[Batch]:
-    """Exactly ``parts`` contiguous row slices whose sizes differ by at most one (data-parallel
-    shards, or the ptx texts of each PPO micro-batch); refuses to make an empty part."""
-    rows = batch_size(batch)
-    if not 0 < parts <= rows:
-        raise ValueError(f"cannot split a batch of {rows} rows into {parts} non-empty parts")
-    pieces = {k: torch.tensor_split(v, parts) for k, v in batch.items()}
-    return [{k: pieces[k][i] for k in batch} for i in range(parts)]
-
-
-def micro_batches(batch: Batch, size: int) -> Iterator[Batch]:
-    n = batch_size(batch)
-    for start in range(0, n, size):
-        yield {
-            k: v[start : start + size] if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()
-        }

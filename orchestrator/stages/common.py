@@ -9,14 +9,13 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-import torch
-
 from instructray.actors.group import ActorGroup
 from instructray.orchestrator.batching import epoch_batches, num_batches, split_for_ranks
 from instructray.orchestrator.context import JobContext
 from instructray.orchestrator.resume import StageResume
+from instructray.training.batches import TensorBatch
 
-Encode = Callable[[list[Any]], dict[str, torch.Tensor]]
+Encode = Callable[[list[Any]], TensorBatch]
 
 
 def mean_over_ranks(results: list[dict[str, float]]) -> dict[str, float]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from instructray.actors.group import ActorGroup
 from instructray.config.rank import DPOLossParams
 from instructray.orchestrator.batching import (
@@ -19,11 +17,11 @@ from instructray.orchestrator.resume import StageResume
 from instructray.orchestrator.roles import deepspeed_spec, role_size, solo_threads, start_causal_lm
 from instructray.orchestrator.stages.common import mean_over_ranks, save, train_epochs
 from instructray.orchestrator.stages.rm import comparisons_for
+from instructray.training.batches import PairBatch
 
 
-def _with_reference(reference: ActorGroup, batch: dict[str, torch.Tensor]):
-    chosen, rejected = reference.call_rank0(lambda a: a.pair_logps, batch)
-    return batch | {"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
+def _with_reference(reference: ActorGroup, batch: PairBatch) -> PairBatch:
+    return batch.with_reference(*reference.call_rank0(lambda a: a.pair_logps, batch))
 
 
 def run(ctx: JobContext) -> Path:

@@ -37,6 +37,7 @@ from instructray.orchestrator.roles import (
 )
 from instructray.orchestrator.stages.common import run_sharded, save, train_epochs
 from instructray.rollout.batch import Rollout
+from instructray.training.batches import TextBatch
 
 LABEL_CHUNK = 128
 """Prompts per generate call while collecting samples for the labeler."""
@@ -113,7 +114,7 @@ def normalize_on_demonstrations(ctx: JobContext, group: ActorGroup, tokenizer) -
         return 0.0
     cfg = ctx.cfg
 
-    def encode(part: list) -> dict:
+    def encode(part: list) -> TextBatch:
         return lm_batch(tokenizer, part, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
 
     shards = [encode(part) for part in split_for_ranks(demos, group.world_size)]
@@ -164,7 +165,7 @@ def run(ctx: JobContext) -> Path:
         f"[rm] {len(train)} rankings ({n_pairs} pairs) / {len(held_out)} held out, init {init}"
     )
 
-    def encode(part: list) -> dict:
+    def encode(part: list) -> TextBatch:
         return ranking_batch(tokenizer, part, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
 
     task = ctx.data.task  # the config refuses rm.pmp_pairs without one

@@ -128,7 +128,7 @@ def test_reward_model_is_normalised_on_demonstrations(tiny_run: Path) -> None:
     tok = AutoTokenizer.from_pretrained(tiny_run / "checkpoints" / "rm")
     batch = lm_batch(tok, demos, cfg.model.max_prompt_tokens, cfg.model.max_seq_len)
     with torch.no_grad():
-        logits = rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = rm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     offset = rm.config.reward_offset
     assert offset == pytest.approx(_summary(tiny_run)["stages"]["rm"]["eval"]["reward_offset"])
     assert abs(offset) > 1e-3  # there was something to normalise

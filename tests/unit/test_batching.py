@@ -31,6 +31,7 @@ from instructray.orchestrator.batching import (
     split_for_ranks,
 )
 from instructray.orchestrator.context import split_eval
+from instructray.training.batches import RankingBatch, TextBatch
 
 SUBJECTS = ["the movie", "this film", "the plot", "the cast", "the ending"]
 VERBS = ["was", "felt", "seemed", "is", "looked"]
@@ -100,26 +101,26 @@ def test_lm_batch_sft_masks_response_and_eos(tok):
         SFTExample("this film", " felt warm and kind and bright."),
     ]
     batch = lm_batch(tok, examples, max_prompt=32, max_len=64)
-    assert set(batch) == {"input_ids", "attention_mask", "loss_mask"}
+    assert isinstance(batch, TextBatch)
     eos, pad = tok.eos_token_id, tok.pad_token_id
     rows = []
     for ex in examples:
         p, r = ids(tok, ex.prompt), [*ids(tok, ex.response), eos]
         rows.append((p, r))
     width = max(len(p) + len(r) for p, r in rows)
-    assert batch["input_ids"].shape == (3, width)
+    assert batch.input_ids.shape == (3, width)
     for i, (p, r) in enumerate(rows):
         n = len(p) + len(r)
         pad_len = width - n
-        assert batch["input_ids"][i].tolist() == p + r + [pad] * pad_len
-        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * pad_len
-        assert batch["loss_mask"][i].tolist() == [0] * len(p) + [1] * len(r) + [0] * pad_len
+        assert batch.input_ids[i].tolist() == p + r + [pad] * pad_len
+        assert batch.attention_mask[i].tolist() == [1] * n + [0] * pad_len
+        assert batch.loss_mask[i].tolist() == [0] * len(p) + [1] * len(r) + [0] * pad_len
         # The EOS is the last real token and is a target.
-        assert batch["input_ids"][i, n - 1].item() == eos
-        assert batch["loss_mask"][i, n - 1].item() == 1
+        assert batch.input_ids[i, n - 1].item() == eos
+        assert batch.loss_mask[i, n - 1].item() == 1
     # At least one row is padded (right padding, pads at the end).
-    assert (batch["attention_mask"][:, -1] == 0).any()
-    assert (batch["attention_mask"][:, 0] == 1).all()
+    assert (batch.attention_mask[:, -1] == 0).any()
+    assert (batch.attention_mask[:, 0] == 1).all()
 
 
 def test_lm_batch_text_trains_on_every_token(tok):
@@ -130,17 +131,17 @@ def test_lm_batch_text_trains_on_every_token(tok):
     width = max(map(len, rows))
     for i, row in enumerate(rows):
         pad_len = width - len(row)
-        assert batch["input_ids"][i].tolist() == row + [pad] * pad_len
-        assert batch["loss_mask"][i].tolist() == [1] * len(row) + [0] * pad_len
-    assert torch.equal(batch["loss_mask"], batch["attention_mask"])
+        assert batch.input_ids[i].tolist() == row + [pad] * pad_len
+        assert batch.loss_mask[i].tolist() == [1] * len(row) + [0] * pad_len
+    assert torch.equal(batch.loss_mask, batch.attention_mask)
 
 
 def test_lm_batch_mixed_records(tok):
     examples = [SFTExample("the movie was", " great."), TextExample("the movie was great.")]
     batch = lm_batch(tok, examples, max_prompt=32, max_len=64)
     n_prompt = len(ids(tok, "the movie was"))
-    assert batch["loss_mask"][0, :n_prompt].sum().item() == 0
-    assert torch.equal(batch["loss_mask"][1], batch["attention_mask"][1])
+    assert batch.loss_mask[0, :n_prompt].sum().item() == 0
+    assert torch.equal(batch.loss_mask[1], batch.attention_mask[1])
 
 
 def test_lm_batch_truncates_to_max_len(tok):
@@ -150,16 +151,16 @@ def test_lm_batch_truncates_to_max_len(tok):
     max_len = len(p) + 4
     assert len(r) + 1 > 4
     batch = lm_batch(tok, [SFTExample(prompt, response)], max_prompt=32, max_len=max_len)
-    assert batch["input_ids"].shape == (1, max_len)
-    assert batch["input_ids"][0].tolist() == p + r[:4]
-    assert batch["loss_mask"][0].tolist() == [0] * len(p) + [1] * 4
+    assert batch.input_ids.shape == (1, max_len)
+    assert batch.input_ids[0].tolist() == p + r[:4]
+    assert batch.loss_mask[0].tolist() == [0] * len(p) + [1] * 4
     # A truncated response does not end in EOS: the model must not learn to stop there.
-    assert tok.eos_token_id not in batch["input_ids"][0].tolist()
+    assert tok.eos_token_id not in batch.input_ids[0].tolist()
 
     text = "the cast is odd and warm and the plot was slow and long."
     batch = lm_batch(tok, [TextExample(text)], max_prompt=0, max_len=5)
-    assert batch["input_ids"][0].tolist() == ids(tok, text)[:5]
-    assert batch["loss_mask"][0].tolist() == [1] * 5
+    assert batch.input_ids[0].tolist() == ids(tok, text)[:5]
+    assert batch.loss_mask[0].tolist() == [1] * 5
 
 
 def test_lm_batch_truncates_prompt_from_left(tok):
@@ -167,16 +168,16 @@ def test_lm_batch_truncates_prompt_from_left(tok):
     p = ids(tok, prompt)
     batch = lm_batch(tok, [SFTExample(prompt, " kind.")], max_prompt=3, max_len=64)
     r = [*ids(tok, " kind."), tok.eos_token_id]
-    assert batch["input_ids"][0].tolist() == p[-3:] + r
-    assert batch["loss_mask"][0].tolist() == [0, 0, 0] + [1] * len(r)
+    assert batch.input_ids[0].tolist() == p[-3:] + r
+    assert batch.loss_mask[0].tolist() == [0, 0, 0] + [1] * len(r)
 
 
 def test_lm_batch_keeps_one_target_when_prompt_fills_max_len(tok):
     prompt = "the ending looked odd and the cast felt funny and sad"
     p = ids(tok, prompt)
     batch = lm_batch(tok, [SFTExample(prompt, " kind.")], max_prompt=len(p), max_len=len(p))
-    assert batch["loss_mask"][0].tolist() == [0] * len(p) + [1]
-    assert batch["input_ids"][0].tolist() == p + ids(tok, " kind.")[:1]
+    assert batch.loss_mask[0].tolist() == [0] * len(p) + [1]
+    assert batch.input_ids[0].tolist() == p + ids(tok, " kind.")[:1]
 
 
 # -- reward model and DPO batches -------------------------------------------------------------
@@ -188,18 +189,18 @@ def test_ranking_batch_flattens_rankings(tok):
         RankedComparison("the cast", (" is warm and kind.", " felt sad.")),
     ]
     batch = ranking_batch(tok, comps, max_prompt=32, max_len=64)
-    assert set(batch) == {"input_ids", "attention_mask", "group_ids", "ranks"}
-    assert batch["group_ids"].tolist() == [0, 0, 0, 1, 1]
-    assert batch["ranks"].tolist() == [0, 1, 2, 0, 1]
+    assert isinstance(batch, RankingBatch)
+    assert batch.group_ids.tolist() == [0, 0, 0, 1, 1]
+    assert batch.ranks.tolist() == [0, 1, 2, 0, 1]
     expected = [
         ids(tok, c.prompt) + ids(tok, a) + [tok.eos_token_id] for c in comps for a in c.ranked
     ]
     width = max(map(len, expected))
-    assert batch["input_ids"].shape == (5, width)
+    assert batch.input_ids.shape == (5, width)
     for i, row in enumerate(expected):
         pad_len = width - len(row)
-        assert batch["input_ids"][i].tolist() == row + [tok.pad_token_id] * pad_len
-        assert batch["attention_mask"][i].tolist() == [1] * len(row) + [0] * pad_len
+        assert batch.input_ids[i].tolist() == row + [tok.pad_token_id] * pad_len
+        assert batch.attention_mask[i].tolist() == [1] * len(row) + [0] * pad_len
 
 
 def test_pair_batch_keys_and_masks(tok):
@@ -208,26 +209,18 @@ def test_pair_batch_keys_and_masks(tok):
         PreferencePair("the plot", " is slow.", " felt long and sad and odd."),
     ]
     batch = pair_batch(tok, pairs, max_prompt=32, max_len=64)
-    assert set(batch) == {
-        "chosen_ids",
-        "chosen_mask",
-        "chosen_loss_mask",
-        "rejected_ids",
-        "rejected_mask",
-        "rejected_loss_mask",
-    }
+    assert batch.ref_chosen_logps is None and batch.ref_rejected_logps is None
     eos, pad = tok.eos_token_id, tok.pad_token_id
     for side in ("chosen", "rejected"):
         rows = [(ids(tok, t.prompt), [*ids(tok, getattr(t, side)), eos]) for t in pairs]
         width = max(len(p) + len(r) for p, r in rows)
-        assert batch[f"{side}_ids"].shape == (2, width)
+        text = getattr(batch, side)
+        assert text.input_ids.shape == (2, width)
         for i, (p, r) in enumerate(rows):
             pad_len = width - len(p) - len(r)
-            assert batch[f"{side}_ids"][i].tolist() == p + r + [pad] * pad_len
-            assert batch[f"{side}_mask"][i].tolist() == [1] * (len(p) + len(r)) + [0] * pad_len
-            assert batch[f"{side}_loss_mask"][i].tolist() == (
-                [0] * len(p) + [1] * len(r) + [0] * pad_len
-            )
+            assert text.input_ids[i].tolist() == p + r + [pad] * pad_len
+            assert text.attention_mask[i].tolist() == [1] * (len(p) + len(r)) + [0] * pad_len
+            assert text.loss_mask[i].tolist() == ([0] * len(p) + [1] * len(r) + [0] * pad_len)
 
 
 def test_comparison_pairs_better_first():

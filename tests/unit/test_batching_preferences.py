@@ -4,7 +4,6 @@ sampler emitted it), held-out splits by prompt, exact batch splits."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from instructray.data import RankedComparison
 from instructray.models import train_tokenizer
@@ -34,19 +33,18 @@ def test_sampled_answers_keep_their_tokens_and_get_no_extra_eos(tok):
     )
     batch = ranking_batch(tok, [comp], max_prompt=32, max_len=64)
     rows = [
-        r[m.bool()].tolist()
-        for r, m in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+        r[m.bool()].tolist() for r, m in zip(batch.input_ids, batch.attention_mask, strict=True)
     ]
     assert rows == [list(prompt_ids + cut_off), list(prompt_ids + stopped)]
     text_only = ranking_batch(tok, [RankedComparison(comp.prompt, comp.ranked)], 32, 64)
-    assert text_only["input_ids"][0, : len(prompt_ids) + len(cut_off) + 1].tolist()[-1] == eos
+    assert text_only.input_ids[0, : len(prompt_ids) + len(cut_off) + 1].tolist()[-1] == eos
 
     pair = next(comp.preference_pairs())
     pairs = pair_batch(tok, [pair], max_prompt=32, max_len=64)
     n = len(prompt_ids) + len(cut_off)
-    assert pairs["chosen_ids"][0, :n].tolist() == list(prompt_ids + cut_off)
-    assert pairs["chosen_loss_mask"][0].tolist() == [0] * len(prompt_ids) + [1] * len(cut_off)
-    assert pairs["rejected_ids"][0].tolist() == list(prompt_ids + stopped)
+    assert pairs.chosen.input_ids[0, :n].tolist() == list(prompt_ids + cut_off)
+    assert pairs.chosen.loss_mask[0].tolist() == [0] * len(prompt_ids) + [1] * len(cut_off)
+    assert pairs.rejected.input_ids[0].tolist() == list(prompt_ids + stopped)
 
 
 def test_split_eval_by_prompt_never_shares_a_prompt():
@@ -62,17 +60,3 @@ def test_split_eval_by_prompt_never_shares_a_prompt():
     # Without a key every item is its own group: the split is the one it always was.
     items = list(range(100))
     assert split_eval(items, 0.1, 0, key=lambda x: x) == split_eval(items, 0.1, 0)
-
-
-def test_split_batch_gives_exactly_the_parts_asked_for():
-    from instructray.training.forward import split_batch
-
-    batch = {"input_ids": torch.arange(10).reshape(5, 2), "attention_mask": torch.ones(5, 2)}
-    parts = split_batch(batch, 2)
-    assert [p["input_ids"].shape[0] for p in parts] == [3, 2]
-    assert torch.equal(torch.cat([p["input_ids"] for p in parts]), batch["input_ids"])
-    # The ptx bug: 3 texts over 4 micro-batches gave 3 chunks and one PPO micro-batch was
-    # silently dropped by zip(); now it is an error the config prevents.
-    assert len(split_batch(batch, 5)) == 5
-    with pytest.raises(ValueError, match="cannot split a batch of 5 rows into 6"):
-        split_batch(batch, 6)

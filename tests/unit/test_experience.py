@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from instructray.orchestrator.experience import Experience
+from instructray.training.batches import CriticBatch, PolicyBatch
 
 B, P, R = 8, 3, 4
 
@@ -47,7 +48,7 @@ def test_len_and_num_actions():
 def test_select_slices_every_field():
     exp = make_experience()
     index = torch.tensor([5, 0, 3])
-    sub = exp.select(index)
+    sub = exp.rows(index)
     assert len(sub) == 3
     for f in fields(Experience):
         full, part = getattr(exp, f.name), getattr(sub, f.name)
@@ -66,7 +67,7 @@ def test_select_slices_every_field():
 
 def test_select_keeps_values_none():
     exp = make_experience(with_values=False)
-    sub = exp.select(torch.tensor([1, 2]))
+    sub = exp.rows(torch.tensor([1, 2]))
     assert sub.values is None
     assert _row_ids(sub) == [1, 2]
     assert sub.action_mask[0].tolist() == [True, True, False, False]
@@ -75,7 +76,7 @@ def test_select_keeps_values_none():
 def test_select_with_boolean_mask():
     exp = make_experience()
     keep = torch.tensor([True, False] * (B // 2))
-    assert _row_ids(exp.select(keep)) == [0, 2, 4, 6]
+    assert _row_ids(exp.rows(keep)) == [0, 2, 4, 6]
 
 
 def test_minibatches_partition_each_pass():
@@ -127,26 +128,26 @@ def test_shard_equal_contiguous_slices():
 
 
 def test_shard_of_a_minibatch():
-    exp = make_experience().select(torch.tensor([6, 1, 4, 3]))
+    exp = make_experience().rows(torch.tensor([6, 1, 4, 3]))
     assert [_row_ids(s) for s in exp.shard(2)] == [[6, 1], [4, 3]]
 
 
-def test_policy_inputs():
+def test_policy_batch():
     exp = make_experience()
-    inputs = exp.policy_inputs()
-    assert list(inputs) == ["sequences", "attention_mask", "action_mask", "logprobs", "advantages"]
-    for key, value in inputs.items():
-        assert value is getattr(exp, key)
+    batch = exp.policy_batch()
+    assert isinstance(batch, PolicyBatch)
+    for f in fields(batch):
+        assert getattr(batch, f.name) is getattr(exp, f.name)
 
 
-def test_critic_inputs():
+def test_critic_batch():
     exp = make_experience()
-    inputs = exp.critic_inputs()
-    assert list(inputs) == ["sequences", "attention_mask", "action_mask", "values", "returns"]
-    for key, value in inputs.items():
-        assert value is getattr(exp, key)
+    batch = exp.critic_batch()
+    assert isinstance(batch, CriticBatch)
+    for f in fields(batch):
+        assert getattr(batch, f.name) is getattr(exp, f.name)
 
 
-def test_critic_inputs_need_values():
-    with pytest.raises(AssertionError):
-        make_experience(with_values=False).critic_inputs()
+def test_critic_batch_needs_values():
+    with pytest.raises(ValueError, match="no values"):
+        make_experience(with_values=False).critic_batch()

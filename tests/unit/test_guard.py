@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,10 +9,9 @@ import torch
 
 from instructray.actors.policy import CausalLMActor
 from instructray.config import OptimConfig
-from instructray.training.deepspeed_model import DeepSpeedSpec, init_distributed
+from instructray.training.batches import TextBatch
+from instructray.training.deepspeed_model import DeepSpeedSpec
 from instructray.training.guard import NonFiniteError, check_finite, check_gradients
-
-DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 
 def test_check_finite_names_the_tensor_and_counts_its_bad_values() -> None:
@@ -37,23 +33,6 @@ def test_check_gradients_names_the_parameter() -> None:
         check_gradients(layer.named_parameters(), "here")
 
 
-@pytest.fixture(scope="module")
-def process_group() -> Iterator[None]:
-    """A gloo group of one in this process, as a policy rank joins; env and group undone after."""
-    saved = {k: os.environ.get(k) for k in DIST_ENV}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    init_distributed(0, 1, "127.0.0.1", port)
-    yield
-    torch.distributed.destroy_process_group()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
 def _policy(tiny_dir: Path) -> CausalLMActor:
     actor = CausalLMActor(rank=0, world_size=1, seed=0)
     spec = DeepSpeedSpec(2, 1, 0, "float32", OptimConfig(lr=1e-3), dropout=False)
@@ -61,13 +40,13 @@ def _policy(tiny_dir: Path) -> CausalLMActor:
     return actor
 
 
-def _batch(actor: CausalLMActor) -> dict[str, torch.Tensor]:
+def _batch(actor: CausalLMActor) -> TextBatch:
     ids = actor.tokenizer([" a fine film", " dull"], return_tensors="pt", padding=True)
-    return {
-        "input_ids": ids["input_ids"],
-        "attention_mask": ids["attention_mask"],
-        "loss_mask": ids["attention_mask"],
-    }
+    return TextBatch(
+        input_ids=ids["input_ids"],
+        attention_mask=ids["attention_mask"],
+        loss_mask=ids["attention_mask"],
+    )
 
 
 def _weights(actor: CausalLMActor) -> dict[str, torch.Tensor]:

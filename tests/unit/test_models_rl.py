@@ -86,6 +86,7 @@ def test_held_out_losses_are_computed_in_chunks_and_agree(tiny_dir: Path) -> Non
     gigabytes on SmolLM2) and give what one pass over everything gives."""
     from instructray.actors.policy import EVAL_CHUNK, CausalLMActor
     from instructray.algorithms import sft_loss
+    from instructray.training.batches import PairBatch, TextBatch
     from instructray.training.forward import lm_logits
 
     actor = CausalLMActor(rank=0, world_size=1, seed=0)
@@ -96,16 +97,14 @@ def test_held_out_losses_are_computed_in_chunks_and_agree(tiny_dir: Path) -> Non
     ids, mask = _batch(tok, texts, "right")
     loss_mask = mask.clone()
     loss_mask[::2, :3] = 0  # rows with different numbers of target tokens
-    batch = {"input_ids": ids, "attention_mask": mask, "loss_mask": loss_mask}
+    batch = TextBatch(input_ids=ids, attention_mask=mask, loss_mask=loss_mask)
     with torch.no_grad():
         whole = sft_loss(lm_logits(actor.model, ids, mask), ids, loss_mask).item()
     assert actor.eval_lm(batch)["loss"] == pytest.approx(whole, rel=1e-5)
-    pair = {f"{side}_{key}": value for side in ("chosen", "rejected")
-            for key, value in (("ids", ids), ("mask", mask), ("loss_mask", loss_mask))}  # fmt: skip
-    chosen, rejected = actor.pair_logps(pair)
+    chosen, rejected = actor.pair_logps(PairBatch(chosen=batch, rejected=batch))
     assert chosen.shape == (len(texts),) and torch.equal(chosen, rejected)
     with torch.no_grad():
-        first = actor._sequence_logps(ids[:1], mask[:1], loss_mask[:1])
+        first = actor._sequence_logps(batch.rows(slice(0, 1)))
     torch.testing.assert_close(chosen[:1], first, atol=1e-5, rtol=0)
 
 
