@@ -29,9 +29,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def exit_if_engine_dead(method: F) -> F:
-    """vLLM's engine core runs in a child process; when it dies, every later call fails the
-    same way. The actor exits instead, so Ray reports it dead and the stage restarts it (an
-    error raised by a method is a bug, never retried)."""
+    """vLLM's engine core runs in a child process; when it dies, every later call fails (with
+    EngineDeadError, or a ZMQError once vLLM has closed its sockets). The actor exits instead,
+    so Ray reports it dead and the stage restarts it (an error raised by a method is a bug,
+    never retried)."""
 
     @wraps(method)
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -39,9 +40,15 @@ def exit_if_engine_dead(method: F) -> F:
 
         try:
             return method(self, *args, **kwargs)
-        except EngineDeadError as err:
-            print(f"vLLM engine core died ({err}); exiting the rollout actor", flush=True)
-            os._exit(1)
+        except Exception as err:
+            gone = self._gone_engine_process()
+            if isinstance(err, EngineDeadError) or gone is not None:
+                print(
+                    f"vLLM engine died ({err!r}, process {gone}); exiting the rollout actor",
+                    flush=True,
+                )
+                os._exit(1)
+            raise
 
     return call  # type: ignore[return-value]
 
@@ -67,22 +74,28 @@ class VLLMRolloutActor(RankActor):
             logprobs_mode="processed_logprobs",
         )
         self._closing = False
+        self._engine_processes = psutil.Process().children(recursive=True)
         threading.Thread(target=self._watch_engine_processes, daemon=True).start()
+
+    def _gone_engine_process(self) -> int | None:
+        """The pid of an engine process (the engine core, its workers) that has died."""
+        for proc in getattr(self, "_engine_processes", []):
+            try:
+                if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+                    return proc.pid
+            except psutil.NoSuchProcess:
+                return proc.pid
+        return None
 
     def _watch_engine_processes(self, period_s: float = 1.0) -> None:
         """A generate() in flight when the engine core is killed waits for it forever; this
         thread exits the actor instead, so Ray reports it dead within seconds."""
-        watched = psutil.Process().children(recursive=True)
         while not self._closing:
             time.sleep(period_s)
-            for proc in watched:
-                try:
-                    gone = not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-                except psutil.NoSuchProcess:
-                    gone = True
-                if gone and not self._closing:
-                    print(f"vLLM process {proc.pid} is gone; exiting the rollout actor", flush=True)
-                    os._exit(1)
+            gone = self._gone_engine_process()
+            if gone is not None and not self._closing:
+                print(f"vLLM process {gone} is gone; exiting the rollout actor", flush=True)
+                os._exit(1)
 
     @torch.no_grad()
     @exit_if_engine_dead

@@ -6,10 +6,10 @@ cheap per-token arithmetic (KL, reward shaping, advantages) on the driver."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import fmean
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -36,6 +36,7 @@ from instructray.rollout.batch import Rollout
 from instructray.training.batches import PolicyShard, TextBatch
 from instructray.training.guard import check_finite
 
+T = TypeVar("T")
 ENGINE_GAP_LIMIT = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
 """Largest mean |log-prob| gap between restarted engines and the policy that passes, by dtype:
 fp32 on CPU shows ~1e-7 (other kernels, same weights), one tiny-preset PPO step moves it ~1e-3."""
@@ -48,6 +49,9 @@ class PendingRollout:
     group_ids: torch.Tensor
     version: int
     """The policy version (weight syncs so far) the engines sampled with."""
+    prompt_ids: list[list[int]]
+    seed: int
+    """What the batch was launched with: engines that restart sample it again."""
 
 
 @dataclass
@@ -135,7 +139,9 @@ class PPOCoordinator:
             "policy_version": self.policy_version,
             # Async mode: the rollouts generated for later iterations are saved (waited for,
             # not dropped), so the resumed run trains on what the uninterrupted one would.
-            "pending": [(wait(p.refs), p.group_ids, p.version) for p in self.pending],
+            "pending": [
+                (wait(p.refs), p.group_ids, p.version, p.prompt_ids, p.seed) for p in self.pending
+            ],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -146,27 +152,27 @@ class PPOCoordinator:
         self.generator.set_state(state["minibatch_generator"])
         self.policy_version = state["policy_version"]
         self.pending = deque(
-            PendingRollout(resolved(results), group_ids, version)
-            for results, group_ids, version in state["pending"]
+            PendingRollout(resolved(results), *rest) for results, *rest in state["pending"]
         )
 
     # -- one iteration ------------------------------------------------------------------------
     def train_step(self, iteration: int) -> dict[str, float]:
         clock, timings = Stopwatch(), {}
 
+        rollout: Rollout | None = None
         while True:
-            drawn = self.prompts.drawn
             try:
-                rollout, group_ids, sampled_by = self.next_rollout(iteration)
-                timings["time_generate"] = clock.lap()
+                if rollout is None:
+                    rollout, group_ids, sampled_by = self.next_rollout(iteration)
+                    timings["time_generate"] = clock.lap()
                 exp = self.make_experience(rollout, group_ids)
                 timings["time_score"] = clock.lap()
                 break
-            except RoleError as err:
-                # Async: the batches in flight were sampled with older weights, which only the
-                # train state has; the stage rolls back instead.
-                self.restart_role(err, allowed=not self.cfg.async_queue)
-                self.prompts = cycle(self.prompts.items, self.seed, drawn)  # the same prompts
+            except RoleError as err:  # retried with the same batch, sampled again if lost
+                self.restart_role(err)
+                if err.role == "rollout":
+                    rollout = None
+        self.pending.popleft()
         # Weight syncs between sampling and training this batch (async: up to the queue length).
         staleness = float(self.policy_version - sampled_by)
         check_finite(
@@ -214,25 +220,22 @@ class PPOCoordinator:
         cfg = self.cfg
         prompts = [next(self.prompts) for _ in range(cfg.rollout_batch_size)]
         ids = prompt_ids(self.tokenizer, prompts, self.max_prompt_tokens)
-        refs = generate_on(
-            self.roles.rollout,
-            ids,
-            cfg.sampling,
-            cfg.samples_per_prompt,
-            self.seed * 100003 + iteration,
-        )
         group_ids = torch.arange(len(prompts)).repeat_interleave(cfg.samples_per_prompt)
-        return PendingRollout(refs, group_ids, self.policy_version)
+        return self._generate(ids, group_ids, self.seed * 100003 + iteration)
+
+    def _generate(self, ids: list[list[int]], group_ids: torch.Tensor, seed: int) -> PendingRollout:
+        cfg = self.cfg
+        refs = generate_on(self.roles.rollout, ids, cfg.sampling, cfg.samples_per_prompt, seed)
+        return PendingRollout(refs, group_ids, self.policy_version, ids, seed)
 
     def next_rollout(self, iteration: int) -> tuple[Rollout, torch.Tensor, int]:
-        """This iteration's rollouts. In async mode up to ``async_queue`` later batches are
-        already being generated (with the weights of their launch time) while we train.
-        Also returns the policy version the batch was sampled with."""
-        if not self.pending:
-            self.pending.append(self.launch_generation(iteration))
-        batch = self.pending.popleft()
-        while len(self.pending) < self.cfg.async_queue:
-            self.pending.append(self.launch_generation(iteration + 1 + len(self.pending)))
+        """This iteration's rollouts, the head of ``pending`` (popped once they are scored).
+        In async mode up to ``async_queue`` later batches are already being generated (with
+        the weights of their launch time) while we train. Also returns the policy version the
+        batch was sampled with."""
+        while len(self.pending) < 1 + self.cfg.async_queue:
+            self.pending.append(self.launch_generation(iteration + len(self.pending)))
+        batch = self.pending[0]
         rollout = Rollout.merge(wait(batch.refs), self.tokenizer.pad_token_id)
         if self.colocate:
             self.roles.rollout.call(lambda a: a.sleep)
@@ -315,14 +318,28 @@ class PPOCoordinator:
         try:
             return self.weight_sync(self.roles.policy, self.roles.rollout)
         except RoleError as err:  # a stateless role restarts (new engines are synced there)
-            self.restart_role(err, allowed=not self.cfg.async_queue)
+            self.restart_role(err)
             return self.weight_sync(self.roles.policy, self.roles.rollout)
 
     # -- in-place restarts of the stateless roles (see orchestrator.recovery) ------------------
-    def restart_role(self, err: RoleError, allowed: bool = True) -> None:
-        """Start the stateless role that ``err`` names again, or re-raise ``err``."""
-        group = self.restarts.restart(err, allowed)
-        self.pending.clear()
+    def with_restarts(self, work: Callable[[], T]) -> T:
+        """``work()`` (e.g. a monitor observation), run again after a stateless role it used
+        died and restarted in place."""
+        while True:
+            try:
+                return work()
+            except RoleError as err:
+                self.restart_role(err)
+
+    def restart_role(self, err: RoleError) -> None:
+        """Start the stateless role that ``err`` names again, or re-raise ``err``. What the
+        run computes stays exactly what an uninterrupted run computes: a batch the engines
+        lost is sampled again with the same prompts, seeds and weights. In async mode the
+        batches in flight were sampled by older weights, which only the train state holds:
+        there a lost engine rolls the stage back instead."""
+        if err.role == "rollout" and self.cfg.async_queue:
+            raise err
+        group = self.restarts.restart(err)
         if group is not self.roles.rollout:
             return
         # New engines may sit on another node: choose the transport again.
@@ -337,6 +354,9 @@ class PPOCoordinator:
         self.restarts.notes[self.restarts.done] += (
             f"; the current policy weights synced (log-prob gap {gap:.2g})"
         )
+        lost, self.pending = self.pending, deque()
+        for batch in lost:
+            self.pending.append(self._generate(batch.prompt_ids, batch.group_ids, batch.seed))
 
     def engine_policy_gap(self) -> float:
         """Mean |engine − policy| log-prob of the engines' greedy tokens on a few training

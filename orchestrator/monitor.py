@@ -63,7 +63,9 @@ class PPOMonitor:
         rollout = Rollout.merge(wait(refs), self.tokenizer.pad_token_id)
         if self.colocate:  # the scoring passes need the device the engine shares
             self.engines.call(lambda a: a.sleep)
-        samples = self.scorer.score(rollout, self.prompts, self.sampling.temperature)
-        if self.colocate:  # the next iteration generates first
-            self.engines.call(lambda a: a.wake_up)
+        try:
+            samples = self.scorer.score(rollout, self.prompts, self.sampling.temperature)
+        finally:  # the next iteration (or a retry after a restart) generates first
+            if self.colocate:
+                self.engines.call(lambda a: a.wake_up)
         return self.detector.observe(iteration, samples)

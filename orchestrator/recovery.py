@@ -32,11 +32,11 @@ class RoleRestarts:
     """What happened, by restart number, for the stage to log as warnings (then cleared)."""
     done: int = 0
 
-    def restart(self, err: RoleError, allowed: bool = True) -> ActorGroup:
+    def restart(self, err: RoleError) -> ActorGroup:
         """Start the role named by ``err`` again, or re-raise ``err`` when that would not
-        do: not a lost process, a trainer role, ``allowed`` false, or the budget spent."""
+        do: not a lost process, a trainer role, or the budget spent."""
         group = self.groups.get(err.role or "")
-        if not (allowed and err.restartable and group is not None and self.done < self.limit):
+        if not (err.restartable and group is not None and self.done < self.limit):
             raise err
         clock = Stopwatch()
         group.restart()

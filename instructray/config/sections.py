@@ -164,11 +164,12 @@ class RayConfig(Section):
     )
     max_role_restarts: Annotated[int, Field(ge=0)] = Field(
         3,
-        description="PPO with ppo.async_queue 0: when a process of the reference, the reward "
-        "model or a rollout engine dies or hangs, that role alone starts again (an engine "
-        "then gets the current policy weights) and the iteration is retried, at most this "
-        "many times per stage run; past that, or for the policy and critic, the stage "
-        "restarts from its train state (max_stage_restarts).",
+        description="PPO: when a process of the reference, the reward model or (with "
+        "ppo.async_queue 0) a rollout engine dies or hangs, that role alone starts again (an "
+        "engine then gets the current policy weights and samples its lost batch again, same "
+        "prompts and seeds) and the iteration is retried, at most this many times per stage "
+        "run; past that, for the policy and critic, or for an engine in async mode, the "
+        "stage restarts from its train state (max_stage_restarts).",
     )
     call_timeout_s: PositiveFloat = Field(
         1800.0,

@@ -5,6 +5,7 @@ reward model; the ptx term replays pre-training text."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -107,10 +108,10 @@ def run(ctx: JobContext) -> Path:
             coordinator.sync_weights()  # the engines started with the SFT weights
         for iteration in range(resume.step + 1, scfg.iterations + 1):
             metrics = coordinator.train_step(iteration)
+            if monitor is not None and monitor.due(iteration, scfg.iterations):
+                metrics |= coordinator.with_restarts(partial(observe, ctx, monitor, iteration))
             for number, note in coordinator.restarts.drain():
                 ctx.log.warn("ppo", iteration, "role_restarted", note, key=str(number))
-            if monitor is not None and monitor.due(iteration, scfg.iterations):
-                metrics |= observe(ctx, monitor, iteration)
             history.append(metrics)
             ctx.log.log("ppo", iteration, metrics, scfg.iterations)
             if resume.due(iteration, scfg.iterations):

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from instructray import cli
+from instructray.actors.group import ROLE_ENV
 from instructray.config import load_config
 from instructray.orchestrator.pipeline import run_job
 from instructray.run_log import read_metrics
@@ -159,6 +160,25 @@ def _processes(title: str) -> list[int]:
     ]
 
 
+def _actor_pid(role: str) -> int:
+    """The pid of the one actor process of ``role`` (each rank has INSTRUCTRAY_ROLE set)."""
+    (pid,) = [pid for pid in _processes("ray::") if _role_of(pid) == role]
+    return pid
+
+
+def _role_of(pid: int) -> str | None:
+    try:
+        return psutil.Process(pid).environ().get(ROLE_ENV)
+    except psutil.Error:  # gone meanwhile
+        return None
+
+
+def _restarted(run_dir: Path, count: int) -> bool:
+    """``count`` stateless roles restarted in place so far."""
+    warnings = _summary(run_dir).get("warnings", [])
+    return sum(w["kind"] == "role_restarted" for w in warnings) >= count
+
+
 def _summary(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / "summary.json").read_text())
@@ -171,14 +191,20 @@ def _restarted_past(run_dir: Path, restarts: int, step: int) -> bool:
     return len(_summary(run_dir).get("resumes", [])) >= restarts and _logged(run_dir, "ppo", step)
 
 
-def test_ppo_survives_a_dead_critic_a_dead_engine_and_kill_9_of_its_driver(
+def test_ppo_survives_dead_reference_critic_engine_and_kill_9_of_its_driver(
     tiny_run: Path, ray_cluster: None, tmp_path: Path
 ) -> None:
+    """Async PPO: the reference restarts in place (the batch in flight is still good); a
+    trainer or an engine rolls the stage back (the in-flight batch comes from the train
+    state); the driver resumes. Every step ends as in an uninterrupted run."""
     sets = ppo_sets(tiny_run / "checkpoints" / "sft")
     reference, run_dir = tmp_path / "reference", tmp_path / "faulty"
     run_job(load_config(REPO / "configs" / "tiny.yaml", [*sets, f"output.run_dir={reference}"]))
 
     driver = Driver(sets, run_dir)
+    driver.until(lambda: _logged(run_dir, "ppo", 2), "ppo step 2")
+    os.kill(_actor_pid("reference"), signal.SIGKILL)
+    driver.until(lambda: _restarted(run_dir, 1), "a restart of the reference")
     driver.until(lambda: _logged(run_dir, "ppo", 3), "ppo step 3")
     (critic,) = _processes("ray::ValueModelActor")
     os.kill(critic, signal.SIGKILL)  # a trainer rank: back to the state of step 2
@@ -202,6 +228,8 @@ def test_ppo_survives_a_dead_critic_a_dead_engine_and_kill_9_of_its_driver(
         "rollout (rank 0 of 1)",
     ]
     assert "restart 2 of 2" in died[1]
+    restarted = [w["message"] for w in summary["warnings"] if w["kind"] == "role_restarted"]
+    assert len(restarted) == 1 and restarted[0].startswith("reference (rank 0 of 1) died")
     assert summary["stages"]["ppo"]["steps"] == 6
     assert_same_after(reference, run_dir, "ppo", after=2)
     staleness = [r["rollout_staleness"] for r in read_metrics(run_dir, "ppo") if r["step"]]

@@ -10,43 +10,24 @@ import re
 import signal
 from pathlib import Path
 
-import psutil
 import pytest
 
-from instructray.actors.group import ROLE_ENV
 from instructray.config import load_config
 from instructray.orchestrator.pipeline import run_job
 from instructray.run_log import read_metrics
 from tests.integration.test_resume import (
     REPO,
     Driver,
+    _actor_pid,
     _logged,
     _processes,
-    _summary,
+    _restarted,
     assert_same_after,
     assert_same_weights,
     ppo_sets,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-def _actor_pid(role: str) -> int:
-    """The pid of the one actor process of ``role`` (each rank has INSTRUCTRAY_ROLE set)."""
-    (pid,) = [pid for pid in _processes("ray::") if _role_of(pid) == role]
-    return pid
-
-
-def _role_of(pid: int) -> str | None:
-    try:
-        return psutil.Process(pid).environ().get(ROLE_ENV)
-    except psutil.Error:  # gone meanwhile
-        return None
-
-
-def _restarted(run_dir: Path, count: int) -> bool:
-    warnings = _summary(run_dir).get("warnings", [])
-    return sum(w["kind"] == "role_restarted" for w in warnings) >= count
 
 
 def test_ppo_restarts_a_dead_reference_and_a_dead_engine_in_place(
