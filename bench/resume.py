@@ -7,10 +7,11 @@ local Ray cluster): an uninterrupted reference run; the same command killed with
 the first new step in metrics.jsonl (Ray start, actors, loading the train state, the weight
 sync into the engine). Actor scenarios: kill -9 of the critic, then of the vLLM engine core, in
 one async PPO run (actors: each rolls the stage back to its train state); kill -9 of the
-reference, then of the engine core, in a sync run (in_place: each role restarts alone). Seconds
-until the stage noticed (its warning) and until it logged a new step.
+reference, then of the engine core, in a sync run (in_place: each role restarts alone), and of
+the reference in an async run (in_place_async). Seconds until the stage noticed (its warning) and
+until it logged a new step.
 
-    python bench/resume.py [--scenarios ppo ppo_async sft actors in_place]
+    python bench/resume.py [--scenarios ppo ppo_async sft actors in_place in_place_async]
     → bench/results/resume.json
 """
 
@@ -193,6 +194,12 @@ ACTOR_FAULTS: dict[str, dict[str, Any]] = {
             ("reference", "ray::", "reference", 2),
             ("engine_core", "VLLM::EngineCore", None, 4),
         ],
+    },
+    # Async mode: the reference restarts alone too (the batch in flight stays good).
+    "in_place_async": {
+        "sets": [*PPO, "ppo.async_queue=1", "ppo.monitor.every=0"],
+        "warning": "role_restarted",
+        "kills": [("reference", "ray::", "reference", 2)],
     },
 }
 
