@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from statistics import fmean
 from typing import Any, TypeVar
 
@@ -159,19 +160,12 @@ class PPOCoordinator:
     def train_step(self, iteration: int) -> dict[str, float]:
         clock, timings = Stopwatch(), {}
 
-        rollout: Rollout | None = None
-        while True:
-            try:
-                if rollout is None:
-                    rollout, group_ids, sampled_by = self.next_rollout(iteration)
-                    timings["time_generate"] = clock.lap()
-                exp = self.make_experience(rollout, group_ids)
-                timings["time_score"] = clock.lap()
-                break
-            except RoleError as err:  # retried with the same batch, sampled again if lost
-                self.restart_role(err)
-                if err.role == "rollout":
-                    rollout = None
+        # A stateless role that dies is restarted and the call retried with the same batch
+        # (an engine restart samples the pending batches again, this one first).
+        rollout, group_ids, sampled_by = self.with_restarts(partial(self.next_rollout, iteration))
+        timings["time_generate"] = clock.lap()
+        exp = self.with_restarts(partial(self.make_experience, rollout, group_ids))
+        timings["time_score"] = clock.lap()
         self.pending.popleft()
         # Weight syncs between sampling and training this batch (async: up to the queue length).
         staleness = float(self.policy_version - sampled_by)
@@ -315,16 +309,12 @@ class PPOCoordinator:
     def sync_weights(self) -> dict[str, float]:
         """Make the updated policy the one that generates (engines wake up first when
         colocated); the transport was chosen from the actors' placement at start."""
-        try:
-            return self.weight_sync(self.roles.policy, self.roles.rollout)
-        except RoleError as err:  # a stateless role restarts (new engines are synced there)
-            self.restart_role(err)
-            return self.weight_sync(self.roles.policy, self.roles.rollout)
+        return self.with_restarts(lambda: self.weight_sync(self.roles.policy, self.roles.rollout))
 
     # -- in-place restarts of the stateless roles (see orchestrator.recovery) ------------------
     def with_restarts(self, work: Callable[[], T]) -> T:
-        """``work()`` (e.g. a monitor observation), run again after a stateless role it used
-        died and restarted in place."""
+        """``work()``, run again after a stateless role it used died and restarted in place
+        (`restart_role` re-raises what cannot be handled so, and bounds the restarts)."""
         while True:
             try:
                 return work()
