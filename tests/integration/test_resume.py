@@ -191,20 +191,27 @@ def _restarted_past(run_dir: Path, restarts: int, step: int) -> bool:
     return len(_summary(run_dir).get("resumes", [])) >= restarts and _logged(run_dir, "ppo", step)
 
 
+def reference_killed_after_step_2(sets: list[str], tmp_path: Path) -> tuple[Path, Path, Driver]:
+    """An uninterrupted PPO run (``reference``), then the same run in a driver of its own whose
+    reference actor gets kill -9 after step 2, followed until it restarted in place."""
+    reference, run_dir = tmp_path / "reference", tmp_path / "faulty"
+    run_job(load_config(REPO / "configs" / "tiny.yaml", [*sets, f"output.run_dir={reference}"]))
+    driver = Driver(sets, run_dir)
+    driver.until(lambda: _logged(run_dir, "ppo", 2), "ppo step 2")
+    os.kill(_actor_pid("reference"), signal.SIGKILL)
+    driver.until(lambda: _restarted(run_dir, 1), "a restart of the reference")
+    return reference, run_dir, driver
+
+
 def test_ppo_survives_dead_reference_critic_engine_and_kill_9_of_its_driver(
     tiny_run: Path, ray_cluster: None, tmp_path: Path
 ) -> None:
     """Async PPO: the reference restarts in place (the batch in flight is still good); a
     trainer or an engine rolls the stage back (the in-flight batch comes from the train
     state); the driver resumes. Every step ends as in an uninterrupted run."""
-    sets = ppo_sets(tiny_run / "checkpoints" / "sft")
-    reference, run_dir = tmp_path / "reference", tmp_path / "faulty"
-    run_job(load_config(REPO / "configs" / "tiny.yaml", [*sets, f"output.run_dir={reference}"]))
-
-    driver = Driver(sets, run_dir)
-    driver.until(lambda: _logged(run_dir, "ppo", 2), "ppo step 2")
-    os.kill(_actor_pid("reference"), signal.SIGKILL)
-    driver.until(lambda: _restarted(run_dir, 1), "a restart of the reference")
+    reference, run_dir, driver = reference_killed_after_step_2(
+        ppo_sets(tiny_run / "checkpoints" / "sft"), tmp_path
+    )
     driver.until(lambda: _logged(run_dir, "ppo", 3), "ppo step 3")
     (critic,) = _processes("ray::ValueModelActor")
     os.kill(critic, signal.SIGKILL)  # a trainer rank: back to the state of step 2

@@ -12,19 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from instructray.config import load_config
-from instructray.orchestrator.pipeline import run_job
 from instructray.run_log import read_metrics
 from tests.integration.test_resume import (
-    REPO,
-    Driver,
-    _actor_pid,
     _logged,
     _processes,
-    _restarted,
     assert_same_after,
     assert_same_weights,
     ppo_sets,
+    reference_killed_after_step_2,
 )
 
 pytestmark = pytest.mark.e2e
@@ -38,13 +33,7 @@ def test_ppo_restarts_a_dead_reference_and_a_dead_engine_in_place(
         "ppo.async_queue=0",  # in place is exact only without batches in flight
         "ppo.monitor.every=0",  # the reference and the engine serve PPO alone
     ]
-    reference, run_dir = tmp_path / "reference", tmp_path / "faulty"
-    run_job(load_config(REPO / "configs" / "tiny.yaml", [*sets, f"output.run_dir={reference}"]))
-
-    driver = Driver(sets, run_dir)
-    driver.until(lambda: _logged(run_dir, "ppo", 2), "ppo step 2")
-    os.kill(_actor_pid("reference"), signal.SIGKILL)
-    driver.until(lambda: _restarted(run_dir, 1), "a restart of the reference")
+    reference, run_dir, driver = reference_killed_after_step_2(sets, tmp_path)
     driver.until(lambda: _logged(run_dir, "ppo", 4), "ppo step 4")
     (engine_core,) = _processes("VLLM::EngineCore")
     os.kill(engine_core, signal.SIGKILL)
